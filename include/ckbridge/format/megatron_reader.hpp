@@ -1,0 +1,321 @@
+#pragma once
+// Reading side of Megatron-LM legacy `torch` checkpoints (file-formats.md §3):
+//   <dir>/latest_checkpointed_iteration.txt  -> "release" or an iteration number
+//   <dir>/release/ | <dir>/iter_%07d/  mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt
+// plus TorchFile, a torch.load without torch: zip index + safe unpickle + zero-copy tensor views.
+#include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <span>
+#include <system_error>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "ckbridge/core/any_view.hpp"
+#include "ckbridge/core/error.hpp"
+#include "ckbridge/format/pickle_reader.hpp"
+#include "ckbridge/format/te_fp8_reader.hpp"
+#include "ckbridge/format/torch_zip_reader.hpp"
+
+namespace ckbridge::format {
+
+// One torch.save file, opened read-only. Views stay valid while the TorchFile lives.
+class TorchFile {
+public:
+  explicit TorchFile(const std::filesystem::path& path, ZipReadOptions zopts = {}, pickle::Limits limits = {})
+      : zip_(std::make_unique<TorchZipReader>(path, zopts)) {
+    parse(limits);
+  }
+  // Non-owning over an in-memory archive (nested archives, tests, fuzzing).
+  TorchFile(std::span<const std::byte> bytes, std::string name, ZipReadOptions zopts = {}, pickle::Limits limits = {})
+      : zip_(std::make_unique<TorchZipReader>(bytes, std::move(name), zopts)) {
+    parse(limits);
+  }
+
+  const TorchZipReader& zip() const { return *zip_; }
+  const std::string& file_name() const { return zip_->file_name(); }
+  const pickle::ObjectPtr& root() const { return root_; }
+
+  // Bytes of the storage behind a tensor; checks the record holds exactly what the pickle says.
+  std::span<const std::byte> storage_bytes(const pickle::StorageRef& s) const {
+    const ZipRecord* r = zip_->find("data/" + s.key);
+    if (!r) fail(file_name(), ": storage '", s.key, "' has no record '", zip_->prefix(), "/data/", s.key, "'");
+    if (r->size != s.nbytes())
+      fail(file_name(), ": record '", r->name, "' holds ", r->size, " bytes but the pickle declares ", s.type_name,
+           "[", s.numel, "] = ", s.nbytes(), " bytes");
+    return zip_->bytes(*r);
+  }
+  // Zero-copy strided view of a tensor. `what` names the tensor in errors.
+  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor") const {
+    if (!t.dtype) fail(file_name(), ": ", what, " has dtype torch.", t.dtype_name, ", which ckbridge does not support");
+    auto bytes = storage_bytes(t.storage);
+    const std::size_t es = dtype_size(*t.dtype);
+    // Bounds were checked against the declared storage size when unpickling; the record size matches it.
+    const std::byte* p = bytes.data() + static_cast<std::size_t>(t.storage_offset) * es;
+    if (reinterpret_cast<std::uintptr_t>(p) % es != 0)
+      fail(file_name(), ": ", what, " data at record '", t.storage.key, "' is not aligned to ", es,
+           " bytes; copy it through storage_bytes()");
+    return AnyConstView(p, *t.dtype, t.shape, t.strides);
+  }
+
+private:
+  void parse(const pickle::Limits& limits) {
+    root_ = pickle::loads(zip_->bytes("data.pkl"), zip_->file_name() + ":" + zip_->prefix() + "/data.pkl", limits);
+  }
+  std::unique_ptr<TorchZipReader> zip_;
+  pickle::ObjectPtr root_;
+};
+
+// ---------------------------------------------------------------- checkpoint directory
+
+struct MpRankDir {
+  std::string name;                  // "mp_rank_01_002_003"
+  std::filesystem::path dir;
+  std::vector<int> indices;          // numbers in the name: 1, 2 or 3 of them
+  int tp = 0, pp = 0, ep = 0;        // resolved by resolve_rank_axes (defaults: second index = PP)
+  std::filesystem::path model_file() const { return dir / "model_optim_rng.pt"; }
+};
+
+struct MegatronCheckpointDir {
+  std::filesystem::path root;     // the --save/--load directory
+  std::filesystem::path iter_dir; // root/release or root/iter_XXXXXXX
+  bool release = false;
+  std::int64_t iteration = 0;     // 0 for release
+  std::vector<MpRankDir> ranks;   // sorted by (tp, pp, ep) after resolution
+  const MpRankDir& rank(int tp, int pp, int ep) const {
+    for (const auto& r : ranks)
+      if (r.tp == tp && r.pp == pp && r.ep == ep) return r;
+    fail(iter_dir.string(), ": no mp_rank directory for tp=", tp, " pp=", pp, " ep=", ep);
+  }
+};
+
+namespace detail {
+inline std::string read_small_text(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) fail(p.string(), ": cannot read");
+  std::string s(4096, '\0');
+  f.read(s.data(), static_cast<std::streamsize>(s.size()));
+  s.resize(static_cast<std::size_t>(f.gcount()));
+  return s;
+}
+inline std::string_view strip(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\n' || s.front() == '\r' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\n' || s.back() == '\r' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+}  // namespace detail
+
+// Parses "mp_rank_TT[_PPP][_EEE]"; nullopt when the name is not of that form.
+inline std::optional<std::vector<int>> parse_mp_rank_name(std::string_view name) {
+  constexpr std::string_view kPre = "mp_rank_";
+  if (name.substr(0, kPre.size()) != kPre) return std::nullopt;
+  name.remove_prefix(kPre.size());
+  std::vector<int> v;
+  while (true) {
+    const auto us = name.find('_');
+    const std::string_view part = name.substr(0, us);
+    if (part.empty() || part.size() > 6) return std::nullopt;
+    int x = 0;
+    auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), x);
+    if (ec != std::errc{} || p != part.data() + part.size()) return std::nullopt;
+    v.push_back(x);
+    if (us == std::string_view::npos) break;
+    name.remove_prefix(us + 1);
+  }
+  if (v.size() > 3) return std::nullopt;
+  return v;
+}
+
+// Two-number names are mp_rank_TT_PPP (PP > 1) or mp_rank_TT_EEE (PP = 1, EP > 1): Megatron's
+// naming cannot tell them apart, so the caller says which (from args or flags).
+inline void resolve_rank_axes(MegatronCheckpointDir& c, bool second_index_is_ep) {
+  for (auto& r : c.ranks) {
+    r.tp = r.indices[0];
+    r.pp = r.indices.size() == 3 || (r.indices.size() == 2 && !second_index_is_ep) ? r.indices[1] : 0;
+    r.ep = r.indices.size() == 3 ? r.indices[2] : (r.indices.size() == 2 && second_index_is_ep ? r.indices[1] : 0);
+  }
+  std::sort(c.ranks.begin(), c.ranks.end(),
+            [](const MpRankDir& a, const MpRankDir& b) { return std::tie(a.tp, a.pp, a.ep) < std::tie(b.tp, b.pp, b.ep); });
+  for (std::size_t k = 1; k < c.ranks.size(); ++k)
+    if (c.ranks[k].tp == c.ranks[k - 1].tp && c.ranks[k].pp == c.ranks[k - 1].pp && c.ranks[k].ep == c.ranks[k - 1].ep)
+      fail(c.iter_dir.string(), ": directories ", c.ranks[k - 1].name, " and ", c.ranks[k].name,
+           " map to the same (tp, pp, ep) rank");
+}
+
+// Opens a legacy checkpoint directory. `iteration` overrides the tracker file (-1: use it).
+// Two-number rank names are taken as (tp, pp) unless `second_index_is_ep`.
+inline MegatronCheckpointDir open_megatron_checkpoint(const std::filesystem::path& root, std::int64_t iteration = -1,
+                                                      bool second_index_is_ep = false) {
+  namespace fs = std::filesystem;
+  MegatronCheckpointDir c;
+  c.root = root;
+  if (!fs::is_directory(root)) fail(root.string(), ": not a directory");
+  if (iteration < 0) {
+    const fs::path tracker = root / "latest_checkpointed_iteration.txt";
+    if (!fs::exists(tracker))
+      fail(root.string(), ": no latest_checkpointed_iteration.txt (not a Megatron legacy checkpoint directory?)");
+    const std::string raw = detail::read_small_text(tracker);
+    const std::string_view t = detail::strip(raw);
+    if (t == "release") {
+      c.release = true;
+    } else {
+      std::int64_t it = 0;
+      auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), it);
+      if (ec != std::errc{} || p != t.data() + t.size() || it < 0)
+        fail(tracker.string(), ": expected an iteration number or 'release', found '", t, "'");
+      c.iteration = it;
+    }
+  } else {
+    c.iteration = iteration;
+  }
+  if (c.release) {
+    c.iter_dir = root / "release";
+  } else {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(c.iteration));
+    c.iter_dir = root / buf;
+  }
+  if (!fs::is_directory(c.iter_dir)) fail(c.iter_dir.string(), ": checkpoint directory named by the tracker is missing");
+  std::size_t arity = 0;
+  for (const auto& e : fs::directory_iterator(c.iter_dir)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    auto idx = parse_mp_rank_name(name);
+    if (!idx) {
+      if (name.rfind("mp_rank_", 0) == 0) fail(e.path().string(), ": malformed mp_rank directory name");
+      continue;
+    }
+    if (arity && idx->size() != arity)
+      fail(c.iter_dir.string(), ": mixed mp_rank name forms (", name, " has ", idx->size(), " indices, others ", arity, ")");
+    arity = idx->size();
+    MpRankDir r;
+    r.name = name;
+    r.dir = e.path();
+    r.indices = std::move(*idx);
+    c.ranks.push_back(std::move(r));
+  }
+  if (c.ranks.empty()) {
+    if (fs::exists(c.iter_dir / "metadata.json") || fs::exists(c.iter_dir / ".metadata"))
+      fail(c.iter_dir.string(), ": torch_dist/DCP checkpoint, not the legacy torch format");
+    fail(c.iter_dir.string(), ": no mp_rank_* directories");
+  }
+  resolve_rank_axes(c, second_index_is_ep);
+  return c;
+}
+
+// ---------------------------------------------------------------- one model_optim_rng.pt
+
+
+struct ModelEntry {
+  enum class Kind { Tensor, TeFp8Blockwise, ExtraState, None, Other };
+  std::string name;
+  Kind kind = Kind::Other;
+  std::optional<pickle::TensorRef> tensor;       // Tensor, or ExtraState held as a uint8 tensor
+  std::optional<TeFp8BlockwiseRef> fp8;          // TeFp8Blockwise
+  pickle::ObjectPtr object;                      // the raw value, always set
+};
+
+struct ModelStateDict {
+  std::string key;                  // "model", "model0", ...
+  std::vector<ModelEntry> entries;  // file order
+  const ModelEntry* find(std::string_view name) const {
+    for (const auto& e : entries)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+};
+
+struct MegatronRankFile {
+  std::unique_ptr<TorchFile> file;
+  std::map<std::string, pickle::ObjectPtr> args;  // argparse.Namespace attributes (empty if absent)
+  std::optional<double> checkpoint_version;
+  std::optional<std::int64_t> iteration;
+  std::vector<ModelStateDict> models;             // "model" or "model0", "model1", ... in order
+
+  const std::string& file_name() const { return file->file_name(); }
+  pickle::ObjectPtr arg(std::string_view name) const {
+    auto it = args.find(std::string(name));
+    return it == args.end() ? nullptr : it->second;
+  }
+  std::optional<std::int64_t> arg_int(std::string_view name) const {
+    auto v = arg(name);
+    if (!v || v->kind != pickle::Kind::Int) return std::nullopt;
+    return v->i;
+  }
+  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor") const { return file->view(t, what); }
+};
+
+inline MegatronRankFile load_megatron_rank_file(const std::filesystem::path& path, ZipReadOptions zopts = {},
+                                                TeDTypeNumbering numbering = TeDTypeNumbering::Auto) {
+  using pickle::Kind;
+  MegatronRankFile f;
+  f.file = std::make_unique<TorchFile>(path, zopts);
+  const std::string& fn = f.file->file_name();
+  const pickle::Object& root = *f.file->root();
+  if (root.kind != Kind::Dict) fail(fn, ": top-level object is a ", pickle::kind_name(root.kind), ", expected a dict");
+  if (auto a = root.get("args"); a && !a->is_none()) {
+    if (a->kind != Kind::Namespace) fail(fn, ": 'args' is a ", pickle::kind_name(a->kind), ", expected argparse.Namespace");
+    for (const auto& [k, v] : a->dict) f.args[k->s] = v;
+  }
+  if (auto v = root.get("checkpoint_version"); v && !v->is_none()) f.checkpoint_version = v->as_float(fn + ": checkpoint_version");
+  if (auto v = root.get("iteration"); v && !v->is_none()) f.iteration = v->as_int(fn + ": iteration");
+
+  auto read_model = [&](const std::string& key, const pickle::Object& d) {
+    if (d.kind != Kind::Dict) fail(fn, ": '", key, "' is a ", pickle::kind_name(d.kind), ", expected a state dict");
+    ModelStateDict m;
+    m.key = key;
+    m.entries.reserve(d.dict.size());
+    for (const auto& [k, v] : d.dict) {
+      if (k->kind != Kind::Str) fail(fn, ": '", key, "' has a non-string key ", pickle::describe(*k));
+      ModelEntry e;
+      e.name = k->s;
+      e.object = v;
+      const bool extra = e.name.size() >= 12 && e.name.compare(e.name.size() - 12, 12, "_extra_state") == 0;
+      if (extra) {
+        e.kind = ModelEntry::Kind::ExtraState;
+        if (v->kind == Kind::Tensor) e.tensor = *v->tensor;
+      } else if (v->kind == Kind::Tensor) {
+        e.kind = ModelEntry::Kind::Tensor;
+        e.tensor = *v->tensor;
+      } else if (is_te_fp8_blockwise(*v)) {
+        e.kind = ModelEntry::Kind::TeFp8Blockwise;
+        e.fp8 = read_te_fp8_blockwise(*v, fn + ": " + key + "." + e.name, numbering);
+      } else if (v->is_none()) {
+        e.kind = ModelEntry::Kind::None;
+      }
+      m.entries.push_back(std::move(e));
+    }
+    f.models.push_back(std::move(m));
+  };
+  if (auto m = root.get("model")) {
+    read_model("model", *m);
+  } else {
+    for (int k = 0;; ++k) {
+      const std::string key = "model" + std::to_string(k);
+      auto mk = root.get(key);
+      if (!mk) break;
+      read_model(key, *mk);
+    }
+  }
+  return f;
+}
+
+// Resolves two-number rank names with the parallel sizes stored in a rank file's args:
+// the second number is EP when pipeline_model_parallel_size is 1 and expert_model_parallel_size > 1.
+inline void resolve_rank_axes(MegatronCheckpointDir& c, const MegatronRankFile& any_rank) {
+  const auto pp = any_rank.arg_int("pipeline_model_parallel_size").value_or(1);
+  const auto ep = any_rank.arg_int("expert_model_parallel_size").value_or(1);
+  resolve_rank_axes(c, pp == 1 && ep > 1);
+}
+
+}  // namespace ckbridge::format
