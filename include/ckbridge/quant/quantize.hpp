@@ -1,0 +1,200 @@
+#pragma once
+// Blockwise (128x128) E4M3 quantization of a bf16 / fp16 / fp32 tensor.
+//
+//   auto r = ckbridge::quant::quantize<ckbridge::quant::te>(view, {.amax_epsilon = 0.0f,
+//                                                                 .force_pow_2_scales = true,
+//                                                                 .layout = ScaleLayout::TePadded});
+//   r.data       F8_E4M3, the input's shape
+//   r.scale_inv  F32 [ceil(M/128), ceil(N/128)] (Unpadded) or TE-padded columns (+0.0 fill)
+//   r.fallback_blocks  pt: blocks where LoongForge would produce NaN weights and the te result was
+//                      emitted instead (see fp8_math.hpp); warn once per tensor if > 0.
+//                      pt_loongforge_raw: the same blocks, left as LoongForge's NaN output. te: 0.
+//
+// Methods are the policies of fp8_math.hpp (te, pt, pt_loongforge_raw). The CPU path is always
+// available (multi-threaded over blocks); Device::Auto uses the CUDA kernels when they are
+// compiled into the program and a GPU is visible (device.hpp). Both give identical bytes.
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "ckbridge/core/any_view.hpp"
+#include "ckbridge/core/tensor.hpp"
+#include "ckbridge/core/tensor_view.hpp"
+#include "ckbridge/quant/device.hpp"
+#include "ckbridge/quant/fp8_blocks.hpp"
+#include "ckbridge/quant/fp8_math.hpp"
+#include "ckbridge/quant/parallel.hpp"
+
+namespace ckbridge::quant {
+
+struct QuantOptions {
+  float amax_epsilon = 0.0f;        // amax floor (LoongForge --amax_epsilon)
+  bool force_pow_2_scales = false;  // LoongForge --force_pow_2_scales (CLI default false)
+  ScaleLayout layout = ScaleLayout::Unpadded;
+  Device device = Device::Auto;
+  unsigned threads = 0;       // CPU worker threads; 0 = hardware concurrency
+  std::string_view name = {};  // tensor name for error messages
+};
+
+struct QuantResult {
+  Tensor data;       // F8_E4M3
+  Tensor scale_inv;  // F32, dequantization multipliers
+  std::int64_t fallback_blocks = 0;
+  Device device = Device::Cpu;  // where the work ran
+};
+
+namespace detail {
+
+inline std::string tensor_label(std::string_view name) { return name.empty() ? std::string("<unnamed>") : std::string(name); }
+
+inline void check_quant_options(const QuantOptions& o) {
+  const float e = o.amax_epsilon;
+  if (!(e >= 0.0f) || !is_finite_f(e))
+    fail("quantize '", tensor_label(o.name), "': amax_epsilon must be finite and >= 0, got ", e);
+}
+
+// One 128x128 block on the CPU: statistics pass, then the encode pass (rows are contiguous in
+// the fast case, so both inner loops vectorise).
+template <class Method, class T>
+bool quantize_block_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q, std::int64_t bi,
+                        std::int64_t bj, float eps, bool pow2, float* scale_out) {
+  using E = Elem<T>;
+  const std::int64_t r0 = bi * kBlock, r1 = std::min(r0 + kBlock, x.extent(0));
+  const std::int64_t c0 = bj * kBlock, c1 = std::min(c0 + kBlock, x.extent(1));
+  const std::int64_t w = c1 - c0;
+  const bool dense = x.stride(1) == 1 && q.stride(1) == 1;
+  BlockStats st;
+  for (std::int64_t r = r0; r < r1; ++r) {
+    std::uint32_t mx = 0, nan = 0;
+    if (dense) {
+      const T* row = &x(r, c0);
+      for (std::int64_t j = 0; j < w; ++j) {
+        const std::uint32_t a = E::abs_bits(row[j]);
+        nan |= a > kF32Inf ? 1u : 0u;
+        const std::uint32_t v = a > kF32Inf ? 0u : a;
+        mx = v > mx ? v : mx;
+      }
+    } else {
+      for (std::int64_t j = c0; j < c1; ++j) {
+        const std::uint32_t a = E::abs_bits(x(r, j));
+        nan |= a > kF32Inf ? 1u : 0u;
+        const std::uint32_t v = a > kF32Inf ? 0u : a;
+        mx = v > mx ? v : mx;
+      }
+    }
+    st = merge(st, BlockStats{mx, nan != 0});
+  }
+  const BlockScale bs = Method::block_scale(st, eps, pow2, E::vmax_bits);
+  *scale_out = bs.scale_inv;
+  auto encode_rows = [&](auto enc) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      if (dense) {
+        const T* row = &x(r, c0);
+        std::uint8_t* out = &q(r, c0).bits;
+        for (std::int64_t j = 0; j < w; ++j) out[j] = enc(mul_rn(E::to_f32(row[j]), bs.mul));
+      } else {
+        for (std::int64_t j = c0; j < c1; ++j) q(r, j).bits = enc(mul_rn(E::to_f32(x(r, j)), bs.mul));
+      }
+    }
+  };
+  if (bs.te_cast)
+    encode_rows([](float v) { return te::encode(v); });
+  else
+    encode_rows([](float v) { return Method::encode(v); });
+  return bs.fallback;
+}
+
+}  // namespace detail
+
+// CPU kernel on typed 2-D views. `scale_inv` has ceil(M/128) rows and >= ceil(N/128) columns;
+// extra columns are set to +0.0. Returns the number of fallback blocks.
+template <class Method, class T>
+std::int64_t quantize_cpu(TensorView<const T, 2> x, TensorView<e4m3_t, 2> q, TensorView<float, 2> scale_inv,
+                          float eps, bool pow2, unsigned threads = 0) {
+  if (q.shape() != x.shape()) fail("quantize: output shape ", shape_str(q.shape()), " != input ", shape_str(x.shape()));
+  const std::int64_t bm = block_count(x.extent(0)), bn = block_count(x.extent(1));
+  if (scale_inv.extent(0) != bm || scale_inv.extent(1) < bn)
+    fail("quantize: scale_inv shape ", shape_str(scale_inv.shape()), " too small for data ", shape_str(x.shape()));
+  for (std::int64_t i = 0; i < bm; ++i)
+    for (std::int64_t j = bn; j < scale_inv.extent(1); ++j) scale_inv(i, j) = 0.0f;
+  return detail::parallel_for_sum(bm * bn, threads, [&](std::int64_t b, std::int64_t& acc) {
+    const std::int64_t bi = b / bn, bj = b % bn;
+    acc += detail::quantize_block_cpu<Method, T>(x, q, bi, bj, eps, pow2, &scale_inv(bi, bj)) ? 1 : 0;
+  });
+}
+
+namespace detail {
+// The input as a 2-D view [M, N]: rank-2 views keep their strides; other ranks must be
+// contiguous (else they are copied into `storage`).
+inline AnyConstView as_2d(const AnyConstView& x, Tensor& storage) {
+  const Matrix2D mn = as_matrix(x.shape);
+  if (x.rank() == 2) return x;
+  AnyConstView src = x;
+  if (!x.is_contiguous()) {
+    storage = Tensor::copy_of(x);
+    src = storage.view();
+  }
+  return AnyConstView(src.data, src.dtype, Shape{mn.m, mn.n});
+}
+}  // namespace detail
+
+// Quantizes `x` (BF16 / F16 / F32, any rank >= 1; leading dims are flattened into rows).
+template <class Method>
+QuantResult quantize(const AnyConstView& x, const QuantOptions& o = {}) {
+  detail::check_quant_options(o);
+  if (x.dtype != DType::BF16 && x.dtype != DType::F16 && x.dtype != DType::F32)
+    fail("quantize '", detail::tensor_label(o.name), "' ", shape_str(x.shape), ": input dtype ",
+         safetensors_name(x.dtype), " is not BF16, F16 or F32");
+  Tensor storage;
+  AnyConstView x2 = detail::as_2d(x, storage);
+  const std::int64_t m = x2.shape[0], n = x2.shape[1];
+  QuantResult r;
+  r.data = Tensor(DType::F8_E4M3, x.shape);
+  r.scale_inv = Tensor(DType::F32, scale_shape(m, n, o.layout));
+  if (m == 0 || n == 0) {
+    std::memset(r.scale_inv.data(), 0, r.scale_inv.size_bytes());
+    return r;
+  }
+  auto q = AnyView(r.data.data(), DType::F8_E4M3, Shape{m, n}).as<e4m3_t, 2>();
+  auto s = r.scale_inv.typed<float, 2>();
+  r.device = resolve_device(o.device);
+  if (r.device == Device::Cuda) {
+    if (x2.strides[1] != 1) {  // the kernels read rows with 16-byte loads
+      storage = Tensor::copy_of(x2);
+      x2 = storage.view();
+    }
+    r.fallback_blocks = cuda_backend()->quantize(Method::id, x2.dtype, x2.data, m, n, x2.strides[0], &q(0, 0).bits,
+                                                 s.data(), s.extent(1), o.amax_epsilon, o.force_pow_2_scales);
+    return r;
+  }
+  r.fallback_blocks = x2.visit<2>([&](auto xv) -> std::int64_t {
+    using T = std::remove_const_t<typename decltype(xv)::element_type>;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t> || std::is_same_v<T, f16_t>)
+      return quantize_cpu<Method, T>(TensorView<const T, 2>(xv), q, s, o.amax_epsilon, o.force_pow_2_scales,
+                                     o.threads);
+    else
+      return 0;  // unreachable: dtype checked above
+  });
+  return r;
+}
+
+// Run-time method selection (e.g. from a --quant_method flag).
+inline QuantResult quantize(MethodId method, const AnyConstView& x, const QuantOptions& o = {}) {
+  switch (method) {
+    case MethodId::Te: return quantize<te>(x, o);
+    case MethodId::Pt: return quantize<pt>(x, o);
+    case MethodId::PtLoongForgeRaw: return quantize<pt_loongforge_raw>(x, o);
+  }
+  fail("quantize: invalid method code ", static_cast<int>(method));
+}
+
+// "te" / "pt" / "pt_loongforge_raw" -> MethodId (flag parsing).
+inline MethodId method_from_string(std::string_view s) {
+  if (s == "te") return MethodId::Te;
+  if (s == "pt") return MethodId::Pt;
+  if (s == "pt_loongforge_raw") return MethodId::PtLoongForgeRaw;
+  fail("unknown FP8 quantization method '", s, "' (expected te, pt or pt_loongforge_raw)");
+}
+
+}  // namespace ckbridge::quant
