@@ -6,6 +6,7 @@
 // Exit status 0 on success, 1 with "error: <message>" on stderr for a ckbridge::Error.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <string>
 
@@ -40,6 +41,7 @@ void num(std::string& o, double d) {
   char b[40];
   std::snprintf(b, sizeof b, "%.17g", d);
   o += b;
+  if (!std::strpbrk(b, ".en")) o += ".0";  // keep it a float in JSON
 }
 void ints(std::string& o, const Shape& s) {
   o += '[';

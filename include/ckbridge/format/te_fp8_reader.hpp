@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/dtype.hpp"
@@ -55,15 +56,30 @@ inline bool is_blockwise_module(std::string_view m) {
   return m.size() >= 23 && m.substr(m.size() - 23) == "float8_blockwise_tensor";
 }
 
-// Enum value of a pickled TE enum object, or nullopt when `o` is not one.
-inline std::optional<std::int64_t> te_enum_value(const pickle::Object& o) {
+// Enum value of a pickled TE enum object, or nullopt when `o` is not one. `by_name` is set when
+// the pickle names the member (Python <= 3.11 pickles IntEnum members as getattr(cls, name)).
+inline std::optional<std::int64_t> te_enum_value(const pickle::Object& o, bool* by_name = nullptr) {
   using pickle::Kind;
+  if (by_name) *by_name = false;
   if (o.kind == Kind::Int) return o.i;
   const pickle::Object* cls = o.callable.get();
   if (!cls || cls->kind != Kind::Global) return std::nullopt;
   if (o.kind == Kind::NewObj && o.state && o.state->kind == Kind::Int) return o.state->i;  // pybind11 state
   if (o.kind == Kind::Call && o.args && o.args->items.size() == 1 && o.args->items[0]->kind == Kind::Int)
     return o.args->items[0]->i;  // (type, (value,)) reduce
+  if (o.kind == Kind::Call && cls->is_global("builtins", "getattr") && o.args && o.args->items.size() == 2 &&
+      o.args->items[0]->kind == Kind::Global && o.args->items[1]->kind == Kind::Str) {
+    // TE >= 2.4 numbering (the IntEnum exists from TE 2.17 on)
+    static constexpr std::pair<std::string_view, int> kNames[] = {
+        {"kByte", 0},     {"kInt16", 1},     {"kInt32", 2},       {"kInt64", 3},       {"kFloat32", 4},
+        {"kFloat16", 5},  {"kBFloat16", 6},  {"kFloat8E4M3", 7},  {"kFloat8E5M2", 8},  {"GEMM_READY", 0},
+        {"COMPACT", 1}};
+    for (const auto& [n, v] : kNames)
+      if (o.args->items[1]->s == n) {
+        if (by_name) *by_name = true;
+        return v;
+      }
+  }
   return std::nullopt;
 }
 
@@ -123,11 +139,17 @@ inline TeFp8BlockwiseRef read_te_fp8_blockwise(const pickle::Object& o, std::str
   r.columnwise_data = tensor_or_none(3, "columnwise_data");
   r.columnwise_scale_inv = tensor_or_none(4, "columnwise_scale_inv");
   // fp8 dtype
-  const auto code = detail::te_enum_value(*a[5]);
+  bool by_name = false;
+  const auto code = detail::te_enum_value(*a[5], &by_name);
   if (!code) fail(where, ": fp8_dtype is not a TE DType enum: ", pickle::describe(*a[5]));
   r.te_dtype_code = *code;
-  r.fp8_dtype = detail::te_code_to_fp8(*code, numbering, r.dtype_code_ambiguous, where);
-  if (r.num_args == 10) r.dtype_code_ambiguous = false;  // 10 arguments => TE >= 2.5 numbering
+  // 10 arguments or a named member => TE >= 2.4 numbering for sure
+  const bool known_new = r.num_args == 10 || by_name;
+  r.fp8_dtype = detail::te_code_to_fp8(*code, known_new ? TeDTypeNumbering::Auto : numbering, r.dtype_code_ambiguous, where);
+  if (known_new) {
+    r.dtype_code_ambiguous = false;
+    if (*code == 6) fail(where, ": fp8_dtype enum value 6 is kBFloat16 in this TE version, not an FP8 type");
+  }
   // fake dtype
   if (a[6]->kind == Kind::Global && a[6]->s == "torch") r.fake_dtype = dtype_from_torch_dtype(a[6]->name);
   else if (!a[6]->is_none()) fail(where, ": dtype argument is not a torch dtype: ", pickle::describe(*a[6]));
