@@ -1,6 +1,7 @@
 // Test helper for tests/python/test_torch_load_interop.py: writes fixed object trees with the
 // ckbridge torch.save writer, so Python can load them with torch and compare against torch.save.
 //   tw_save <scenario> <out path> [flavor torch1|torch2]
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -8,6 +9,8 @@
 
 #include "ckbridge/core/float_bits.hpp"
 #include "ckbridge/core/tensor.hpp"
+#include "ckbridge/format/megatron_layout.hpp"
+#include "ckbridge/format/te_fp8_pickle.hpp"
 #include "ckbridge/format/torch_save.hpp"
 
 using namespace ckbridge;
@@ -93,11 +96,91 @@ Value mixed() {
                                  {"vocab_file", Value()}, {"lr", 1e-4}}));
   return d;
 }
+
+// Deterministic FP8 test tensor: codes[i][j] = (i * 7 + j * 3 + seed) % 0x7F (never NaN),
+// scale_inv[r][c] = 2^(r - c - seed) for the real columns; Python recomputes both.
+format::TeFp8Tensor te_tensor(std::int64_t M, std::int64_t N, int seed, bool pow2, double eps) {
+  auto codes = std::make_shared<Tensor>(DType::F8_E4M3, Shape{M, N});
+  auto* c = reinterpret_cast<std::uint8_t*>(codes->data());
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j) c[i * N + j] = static_cast<std::uint8_t>((i * 7 + j * 3 + seed) % 0x7F);
+  const std::int64_t R = (M + 127) / 128, C = (N + 127) / 128;
+  auto scale = std::make_shared<Tensor>(DType::F32, Shape{R, C});
+  auto* s = reinterpret_cast<float*>(scale->data());
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t k = 0; k < C; ++k) s[r * C + k] = std::ldexp(1.0f, static_cast<int>(r - k - seed));
+  format::TeFp8Tensor t;
+  t.data = std::as_const(*codes).view();
+  t.scale_inv = std::as_const(*scale).view();
+  t.owner = std::make_shared<std::pair<std::shared_ptr<Tensor>, std::shared_ptr<Tensor>>>(codes, scale);
+  t.quantizer.force_pow_2_scales = pow2;
+  t.quantizer.amax_epsilon = eps;
+  return t;
+}
+
+Value te_dict(format::TeVersion v) {
+  Value d = Value::dict();
+  d.set("w", format::te_fp8_blockwise_tensor(te_tensor(130, 260, 1, true, 0.0), v, "w"));
+  d.set("w2", format::te_fp8_blockwise_tensor(te_tensor(128, 128, 2, false, 1e-6), v, "w2"));
+  d.set("b", Value::tensor(bf16_arange({4})));
+  return d;
+}
+
+void megatron(const std::string& dir, format::TorchSaveOptions opt) {
+  namespace mg = format::megatron;
+  // (a) release, TP=2 PP=2, two virtual stages -> model0/model1, None extra states
+  {
+    mg::ParallelSizes sz{2, 2, 1};
+    mg::CheckpointArgs a;
+    a.num_layers = 4; a.hidden_size = 8; a.num_attention_heads = 2;
+    a.tensor_model_parallel_size = 2; a.pipeline_model_parallel_size = 2;
+    a.virtual_pipeline_model_parallel_size = 2;
+    a.max_position_embeddings = 64; a.padded_vocab_size = 256;
+    a.extra = {{"ffn_hidden_size", 16}, {"params_dtype", Value::dtype(DType::BF16)}, {"swiglu", true}};
+    for (int p = 0; p < 2; ++p)
+      for (int t = 0; t < 2; ++t) {
+        mg::RankState st;
+        st.args = a.to_namespace();
+        for (int v = 0; v < 2; ++v) {
+          Value m = Value::dict();
+          const std::string pre = "decoder.layers.0.";
+          m.set(pre + "mlp.linear_fc1.weight",
+                Value::tensor(filled<float>(DType::F32, {4, 8}, float(100 * p + 10 * t + v), 1.f)));
+          m.set(pre + "mlp.linear_fc1._extra_state", mg::extra_state(mg::ExtraState::None));
+          st.model_chunks.push_back(m);
+        }
+        mg::save_rank(dir + "/a", mg::CheckpointTag::release_tag(), {t, p, 0}, sz, st, opt);
+      }
+    mg::write_tracker(dir + "/a", mg::CheckpointTag::release_tag());
+  }
+  // (b) iteration 1234, EP=2 without PP -> mp_rank_00_000 / mp_rank_00_001, TE 2.9 FP8 experts
+  {
+    mg::ParallelSizes sz{1, 1, 2};
+    mg::CheckpointArgs a;
+    a.num_layers = 2; a.hidden_size = 256; a.num_attention_heads = 4;
+    a.expert_model_parallel_size = 2;
+    a.max_position_embeddings = 128; a.padded_vocab_size = 512;
+    a.vocab_file = "vocab.json"; a.tokenizer_type = "HuggingFaceTokenizer";
+    for (int e = 0; e < 2; ++e) {
+      mg::RankState st;
+      st.args = a.to_namespace();
+      st.iteration = 1234;
+      Value m = Value::ordered_dict();
+      m.set("decoder.layers.0.mlp.experts.linear_fc1.weight0",
+            format::te_fp8_blockwise_tensor(te_tensor(256, 256, e, true, 0.0), format::TeVersion{2, 9}));
+      m.set("decoder.layers.0.mlp.experts.linear_fc1._extra_state", mg::extra_state(mg::ExtraState::EmptyUint8));
+      st.model_chunks.push_back(m);
+      mg::save_rank(dir + "/b", mg::CheckpointTag::at(1234), {0, 0, e}, sz, st, opt);
+    }
+    mg::write_tracker(dir + "/b", mg::CheckpointTag::at(1234));
+  }
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: tw_save <simple|mixed> <out> [torch1|torch2]\n");
+    std::fprintf(stderr, "usage: tw_save <simple|mixed> <out> [torch1|torch2]\n"
+                         "       tw_save te <out> <major.minor>\n       tw_save megatron <dir>\n");
     return 2;
   }
   try {
@@ -108,7 +191,25 @@ int main(int argc, char** argv) {
     Value v;
     if (sc == "simple") v = simple();
     else if (sc == "mixed") v = mixed();
-    else {
+    else if (sc == "te" && argc > 3) {
+      format::TeVersion tv;
+      if (std::sscanf(argv[3], "%d.%d", &tv.major, &tv.minor) != 2) {
+        std::fprintf(stderr, "bad TE version %s\n", argv[3]);
+        return 2;
+      }
+      v = te_dict(tv);
+      opt.flavor = format::TorchFlavor::Torch2;
+    } else if (sc == "big") {
+      // 4 GiB + 4 KiB of zeros between two small tensors: zip64 sizes, then zip64 offsets
+      v = Value::dict();
+      v.set("small0", Value::tensor(filled<float>(DType::F32, {3}, 0.f, 1.f)));
+      const std::int64_t n = (std::int64_t(4) << 30) + 4096;
+      v.set("big", Value::tensor(Value::zero_storage(DType::U8, n), 0, {n}, {1}));
+      v.set("small1", Value::tensor(filled<float>(DType::F32, {3}, 1.f, 1.f)));
+    } else if (sc == "megatron") {
+      megatron(argv[2], opt);
+      return 0;
+    } else {
       std::fprintf(stderr, "unknown scenario %s\n", sc.c_str());
       return 2;
     }

@@ -36,6 +36,7 @@ namespace ckbridge::pickle {
 struct Storage {
   AnyConstView source;
   std::shared_ptr<const void> owner;
+  bool zeros = false;  // all-zero contents, no memory behind `source` (written sparse to files)
 
   DType dtype() const { return source.dtype; }
   std::int64_t numel() const { return source.numel(); }
@@ -92,6 +93,8 @@ public:
   // Tensors. A tensor is a view (offset, shape, strides in elements) of a storage; several
   // tensors may share one storage (one record, one key).
   static std::shared_ptr<const Storage> make_storage(AnyConstView source, std::shared_ptr<const void> owner = {});
+  // All-zero storage without memory (padding, tests of huge records).
+  static std::shared_ptr<const Storage> zero_storage(DType dtype, std::int64_t numel);
   static Value tensor(std::shared_ptr<const Storage> storage, std::int64_t offset, Shape shape, Shape strides);
   // A contiguous tensor whose storage is exactly `v`'s elements (v itself may be strided).
   static Value tensor(AnyConstView v, std::shared_ptr<const void> owner = {});
@@ -236,7 +239,11 @@ inline std::shared_ptr<const Storage> Value::make_storage(AnyConstView source, s
   for (auto e : source.shape)
     if (e < 0) fail("pickle: negative extent in storage shape ", shape_str(source.shape));
   if (!source.data && source.numel() > 0) fail("pickle: storage of shape ", shape_str(source.shape), " has no data");
-  return std::make_shared<const Storage>(Storage{std::move(source), std::move(owner)});
+  return std::make_shared<const Storage>(Storage{std::move(source), std::move(owner), false});
+}
+inline std::shared_ptr<const Storage> Value::zero_storage(DType dtype, std::int64_t numel) {
+  if (numel < 0) fail("pickle: negative zero-storage size ", numel);
+  return std::make_shared<const Storage>(Storage{AnyConstView(nullptr, dtype, Shape{numel}), {}, true});
 }
 inline Value Value::tensor(std::shared_ptr<const Storage> storage, std::int64_t offset, Shape shape, Shape strides) {
   if (!storage) fail("pickle: tensor without storage");

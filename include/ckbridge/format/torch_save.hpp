@@ -131,7 +131,8 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
     const std::string rec = pre + "data/" + std::to_string(k);
     zw.begin_record(rec, st.nbytes());
     try {
-      torch_save_detail::write_view(zw, st.source, bounce);
+      if (st.zeros) zw.write_zeros(st.nbytes());
+      else torch_save_detail::write_view(zw, st.source, bounce);
     } catch (const Error& e) {
       fail(sink.describe(), ": writing storage record '", rec, "' (", shape_str(st.source.shape), " ",
            safetensors_name(st.dtype()), "): ", e.what());
