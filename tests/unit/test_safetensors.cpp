@@ -277,7 +277,8 @@ BOOST_AUTO_TEST_CASE(reader_rejects_bad_files_naming_file_and_tensor) {
   bad(raw_file("{" + A + ",", t8), {"invalid JSON"});
   bad(raw_file("[1,2]", ""), {"not a JSON object"});
   bad(raw_file("{\"a\xff\":{}}", ""), {"invalid JSON"});                             // invalid UTF-8
-  bad(raw_file("{" + A + "} x", t8), {"invalid JSON"});                                // junk after the object
+  bad(raw_file("{" + A + "} x", t8), {"invalid JSON"});  // junk after the object
+  bad(raw_file(R"({"a\udc00":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", t8), {"not valid UTF-8"});  // lone surrogate
   bad(raw_file(R"({"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", t8), {"'a'", "unknown dtype 'F33'"});
   bad(raw_file(R"({"a":{"dtype":"U16","shape":[4],"data_offsets":[0,8]}})", t8), {"'a'", "U16", "not supported"});
   bad(raw_file(R"({"__metadata__":{"n":1},)" + A + "}", t8), {"__metadata__", "'n'", "not a string"});

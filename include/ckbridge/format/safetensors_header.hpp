@@ -180,6 +180,8 @@ inline Header parse_header(std::span<const std::byte> file, std::string_view lab
   std::set<std::string_view> seen;
   for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
     const std::string_view key = json::str(it->name);
+    // rapidjson lets lone \u surrogates through; serde_json (and our writer) do not.
+    if (!json::is_valid_utf8(key)) fail(label, ": header key ", squote(key), " is not valid UTF-8");
     if (!seen.insert(key).second) {
       if (key == kMetadataKey) fail(label, ": __metadata__ appears twice in the header");
       fail(label, ": tensor ", squote(key), " appears twice in the header");
@@ -192,6 +194,8 @@ inline Header parse_header(std::span<const std::byte> file, std::string_view lab
       for (auto mi = m.MemberBegin(); mi != m.MemberEnd(); ++mi) {
         const std::string mk(json::str(mi->name));
         if (!mi->value.IsString()) fail(label, ": __metadata__ value of ", squote(mk), " is not a string");
+        if (!json::is_valid_utf8(mk) || !json::is_valid_utf8(json::str(mi->value)))
+          fail(label, ": __metadata__ entry ", squote(mk), " is not valid UTF-8");
         if (!md.emplace(mk, std::string(json::str(mi->value))).second)
           fail(label, ": __metadata__ key ", squote(mk), " appears twice");
       }

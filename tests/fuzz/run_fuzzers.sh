@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds every tests/fuzz/fuzz_<name>.cpp with clang + libFuzzer (ASan + UBSan) into build-fuzz/
+# and runs each for N seconds from its seed corpus tests/fuzz/corpus/<name>/ (read only: new
+# inputs go to build-fuzz/fuzz-work/<name>/corpus, crashes to .../artifacts).
+#
+#   tests/fuzz/run_fuzzers.sh [SECONDS] [NAME...]     SECONDS default 60; NAMEs default: all
+#   env: CKB_FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS (build parallelism, default 2)
+# Exit status is non-zero if any target fails to build or finds a crash.
+set -uo pipefail
+src=$(cd "$(dirname "$0")/../.." && pwd)
+secs=${1:-60}
+[ $# -gt 0 ] && shift
+build=${CKB_FUZZ_BUILD_DIR:-$src/build-fuzz}
+
+mkdir -p "$build"
+CC=clang CXX=clang++ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCKBRIDGE_BUILD_FUZZ=ON -DCKBRIDGE_CUDA=OFF -DCKBRIDGE_BUILD_EXAMPLES=OFF -DCKBRIDGE_BUILD_BENCH=OFF \
+  >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
+
+if [ $# -gt 0 ]; then
+  names=("$@")
+else
+  names=()
+  for f in "$src"/tests/fuzz/fuzz_*.cpp; do
+    n=$(basename "$f" .cpp); names+=("${n#fuzz_}")
+  done
+fi
+
+status=0
+for n in "${names[@]}"; do
+  echo "=== fuzz_$n: build"
+  if ! cmake --build "$build" --target "fuzz_$n" -j "${JOBS:-2}" >"$build/fuzz_$n.build.log" 2>&1; then
+    tail -30 "$build/fuzz_$n.build.log"; status=1; continue
+  fi
+  work="$build/fuzz-work/$n"
+  mkdir -p "$work/corpus" "$work/artifacts"
+  seeds=()
+  [ -d "$src/tests/fuzz/corpus/$n" ] && seeds=("$src/tests/fuzz/corpus/$n")
+  echo "=== fuzz_$n: run ${secs}s"
+  if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -print_final_stats=1 \
+       -artifact_prefix="$work/artifacts/" "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1; then
+    echo "=== fuzz_$n: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/log.txt" | grep -o '[0-9]*$') runs)"
+  else
+    echo "=== fuzz_$n: FAILED (log: $work/log.txt, inputs: $work/artifacts/)"
+    tail -40 "$work/log.txt"; status=1
+  fi
+done
+exit $status
