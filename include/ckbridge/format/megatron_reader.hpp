@@ -124,7 +124,7 @@ inline std::optional<std::vector<int>> parse_mp_rank_name(std::string_view name)
   while (true) {
     const auto us = name.find('_');
     const std::string_view part = name.substr(0, us);
-    if (part.empty() || part.size() > 6) return std::nullopt;
+    if (part.empty() || part.size() > 6 || part.find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
     int x = 0;
     auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), x);
     if (ec != std::errc{} || p != part.data() + part.size()) return std::nullopt;
