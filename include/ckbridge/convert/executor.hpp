@@ -1,0 +1,145 @@
+#pragma once
+// Runs a plan: output files are written by `max_workers` threads, each file front to back
+// through a temporary name and an atomic rename; every tensor's bytes come from its producer just
+// before they are written, so resident memory stays at the producers' scratch (plus the page
+// cache of the memory-mapped sources). Small files (index, tracker) are written last, so a
+// checkpoint never looks complete before all its parts are.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "ckbridge/convert/plan.hpp"
+#include "ckbridge/format/atomic_file.hpp"
+#include "ckbridge/format/safetensors_writer.hpp"
+
+namespace ckbridge::convert {
+
+struct Progress {
+  std::uint64_t total = 0;
+  std::atomic<std::uint64_t> done{0};
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  bool tty = ::isatty(2) != 0;
+  bool quiet = false;
+  std::mutex mu;
+  std::chrono::steady_clock::time_point last{};
+
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  void add(std::uint64_t n) {
+    done += n;
+    report(false);
+  }
+  void report(bool final) {
+    if (quiet) return;
+    std::lock_guard lk(mu);
+    const auto now = std::chrono::steady_clock::now();
+    if (!final && now - last < (tty ? std::chrono::milliseconds(200) : std::chrono::seconds(10))) return;
+    last = now;
+    const double s = seconds(), gb = double(done) / 1e9, rate = s > 0 ? gb / s : 0;
+    const double eta = rate > 0 ? (double(total) - double(done)) / 1e9 / rate : 0;
+    const double frac = total ? double(done) / double(total) : 1.0;
+    if (tty) {
+      const int w = 30, filled = static_cast<int>(frac * w);
+      std::fprintf(stderr, "\r[%.*s%*s] %5.1f%% %.2f/%.2f GB %.2f GB/s ETA %.0fs ", filled,
+                   "==============================", w - filled, "", 100 * frac, gb, double(total) / 1e9, rate, eta);
+      if (final) std::fprintf(stderr, "\n");
+    } else {
+      std::fprintf(stderr, "[ckbridge] %.1f%% %.2f/%.2f GB %.2f GB/s ETA %.0fs\n", 100 * frac, gb,
+                   double(total) / 1e9, rate, eta);
+    }
+  }
+};
+
+// Writes one file of the plan (format-specific writers plug in here).
+using FileWriterFn = std::function<void(const OutFile&, const std::filesystem::path& path, Progress&)>;
+
+inline void write_safetensors_file(const OutFile& f, const std::filesystem::path& path, Progress& prog) {
+  std::vector<safetensors::TensorSpec> specs;
+  for (const auto& e : f.entries) {
+    if (e.kind == EntryKind::None) continue;
+    specs.push_back({e.key, e.data.dtype, e.data.shape});
+    if (e.kind == EntryKind::Fp8) specs.push_back({e.scale_key, e.scale.dtype, e.scale.shape});
+  }
+  safetensors::FileWriter w(path, std::move(specs));
+  auto put = [&](const std::string& key, const Producer& p) {
+    Tensor scratch;
+    const AnyConstView v = p.run(scratch);
+    if (v.dtype != p.dtype || v.shape != p.shape)
+      fail(path.string(), ": tensor '", key, "' was planned as ", p.dtype, " ", shape_str(p.shape), " but produced ",
+           v.dtype, " ", shape_str(v.shape));
+    w.write(key, v);
+    prog.add(v.size_bytes());
+  };
+  for (const auto& e : f.entries) {
+    if (e.kind == EntryKind::None) continue;
+    put(e.key, e.data);
+    if (e.kind == EntryKind::Fp8) put(e.scale_key, e.scale);
+  }
+  w.commit();
+}
+
+struct ExecResult {
+  std::uint64_t bytes = 0;
+  double seconds = 0;
+  std::size_t files = 0;
+};
+
+inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
+                          const FileWriterFn& torch_writer, bool quiet = false) {
+  Progress prog;
+  prog.total = plan.output_bytes();
+  prog.quiet = quiet;
+  std::vector<std::size_t> order(plan.files.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return plan.files[a].bytes() > plan.files[b].bytes(); });
+  for (const auto& f : plan.files) std::filesystem::create_directories((out_root / f.rel).parent_path());
+
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr err;
+  std::mutex err_mu;
+  auto work = [&] {
+    while (true) {
+      const std::size_t k = next++;
+      if (k >= order.size()) return;
+      {
+        std::lock_guard lk(err_mu);
+        if (err) return;
+      }
+      const OutFile& f = plan.files[order[k]];
+      try {
+        const auto path = out_root / f.rel;
+        if (f.format == FileFormat::Safetensors) write_safetensors_file(f, path, prog);
+        else torch_writer(f, path, prog);
+      } catch (...) {
+        std::lock_guard lk(err_mu);
+        if (!err) err = std::current_exception();
+        return;
+      }
+    }
+  };
+  const int n = std::max(1, std::min<int>(workers, static_cast<int>(order.size())));
+  std::vector<std::thread> pool;
+  for (int i = 1; i < n; ++i) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (err) std::rethrow_exception(err);
+  for (const auto& [rel, text] : plan.small_files) {
+    std::filesystem::create_directories((out_root / rel).parent_path());
+    AtomicFile::write_all(out_root / rel, text);
+  }
+  prog.report(true);
+  return {prog.done.load(), prog.seconds(), plan.files.size()};
+}
+
+}  // namespace ckbridge::convert

@@ -1,0 +1,95 @@
+#pragma once
+// The canonical HF checkpoint layout of a model: every tensor (weights, FP8 scales, MTP copies)
+// with its dtype and shape, in the order ckbridge writes them. The built-in checkpoint generator
+// and the MCore -> HF writer share it, so a round trip reproduces the same files.
+#include <string>
+#include <vector>
+
+#include "ckbridge/convert/instances.hpp"
+#include "ckbridge/convert/names.hpp"
+#include "ckbridge/quant/fp8_blocks.hpp"
+
+namespace ckbridge::convert {
+
+struct HfTensor {
+  std::string key;
+  DType dtype = DType::BF16;
+  Shape shape;
+  std::size_t instance = 0;  // index into enumerate_instances (npos-like for copies)
+  int part = 0;              // [gate, up] part
+  bool is_scale = false;
+  bool is_copy = false;      // MTP-block duplicate of a global
+  std::string copy_of;       // its original's key
+};
+
+struct HfLayoutOptions {
+  bool fp8 = false;                 // FP8-able weights as F8_E4M3 + weight_scale_inv
+  DType float_dtype = DType::BF16;  // everything else (float32 kinds stay float32)
+};
+
+inline bool hf_fp8_kind(const model::ParamKind& k) {
+  return k.fp8 == model::Fp8::Blockwise || k.fp8 == model::Fp8::BlockwiseNoTp;
+}
+
+template <class Model>
+std::vector<HfTensor> hf_layout(const NameMap& nm, const ModelShape& shape, const HfLayoutOptions& o) {
+  if (!shape.expected_shape) fail("hf_layout: the model shape has no shape rule");
+  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  const auto copies = mtp_copy_keys<Model>(nm, shape);
+  std::vector<HfTensor> out;
+  int last_mtp = -1;
+  auto flush_copies = [&](int mtp) {
+    if (mtp < 0) return;
+    for (const auto& [ck, ok] : copies) {
+      // copies are listed block by block; pick this block's by its layer prefix
+      const std::string pre = names_detail::join({nm.hf_transformer, nm.hf_layer_prefix,
+                                                  std::to_string(nm.hf_mtp_layer_id + mtp)}) + ".";
+      if (ck.rfind(pre, 0) != 0) continue;
+      HfTensor t;
+      t.key = ck;
+      t.is_copy = true;
+      t.copy_of = ok;
+      out.push_back(t);
+    }
+  };
+  for (std::size_t i = 0; i < inst.size(); ++i) {
+    const Instance& in = inst[i];
+    if (in.mtp != last_mtp) {
+      flush_copies(last_mtp);
+      last_mtp = in.mtp;
+    }
+    const std::vector<std::string> keys = hf_keys(nm, in);
+    Shape full = shape.expected_shape(in.kind.common);
+    Shape part = full;
+    if (keys.size() > 1) {
+      if (full.empty() || full[0] % static_cast<std::int64_t>(keys.size()) != 0)
+        fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " does not split into ", keys.size(), " parts");
+      part[0] /= static_cast<std::int64_t>(keys.size());
+    }
+    const bool fp8 = o.fp8 && hf_fp8_kind(in.kind);
+    const DType dt = fp8 ? DType::F8_E4M3 : (Model::hf_float32(in.kind.common) ? DType::F32 : o.float_dtype);
+    for (std::size_t p = 0; p < keys.size(); ++p) {
+      out.push_back({keys[p], dt, part, i, static_cast<int>(p), false, false, {}});
+      if (fp8) {
+        const auto mn = quant::as_matrix(part);
+        out.push_back({hf_scale_key(nm, keys[p]), DType::F32, quant::scale_shape(mn.m, mn.n, quant::ScaleLayout::Unpadded),
+                       i, static_cast<int>(p), true, false, {}});
+      }
+    }
+  }
+  flush_copies(last_mtp);
+  for (auto& t : out) {  // copies take their original's dtype and shape
+    if (!t.is_copy) continue;
+    bool found = false;
+    for (const auto& g : out)
+      if (!g.is_copy && g.key == t.copy_of) {
+        t.dtype = g.dtype;
+        t.shape = g.shape;
+        found = true;
+      }
+    if (!found) fail("hf_layout: '", t.key, "' copies '", t.copy_of, "', which the layout does not contain");
+  }
+  return out;
+}
+
+}  // namespace ckbridge::convert

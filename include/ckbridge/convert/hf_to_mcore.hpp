@@ -1,0 +1,268 @@
+#pragma once
+// Plans HF (safetensors) -> MCore (legacy torch checkpoint): every parameter instance of the model
+// policy is read from the HF checkpoint (zero-copy views), cut by its TP rule into shards, and
+// placed into the files of its pipeline stage (and EP rank, for experts) under its MCore name.
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ckbridge/convert/instances.hpp"
+#include "ckbridge/convert/names.hpp"
+#include "ckbridge/convert/options.hpp"
+#include "ckbridge/convert/parallel_layout.hpp"
+#include "ckbridge/convert/plan.hpp"
+#include "ckbridge/convert/produce.hpp"
+#include "ckbridge/convert/tp_maps.hpp"
+#include "ckbridge/format/safetensors_checkpoint.hpp"
+
+namespace ckbridge::convert {
+
+// Reads the HF tensors of one instance (several keys = parts concatenated along dim 0) and their
+// FP8 scales, and marks them consumed.
+inline std::shared_ptr<LogicalSource> hf_source(const safetensors::Checkpoint& ck, const NameMap& nm,
+                                                const std::vector<std::string>& keys, Plan& plan) {
+  auto src = std::make_shared<LogicalSource>();
+  src->name = keys.front();
+  std::vector<AnyConstView> parts;
+  for (const auto& k : keys) {
+    if (!ck.contains(k))
+      fail(ck.directory().string(), ": tensor '", k, "' required by the model config is missing from the checkpoint");
+    parts.push_back(ck.view(k));
+    plan.consume(k);
+  }
+  const AnyConstView& p0 = parts.front();
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    if (parts[i].dtype != p0.dtype || parts[i].rank() != p0.rank() ||
+        !std::equal(parts[i].shape.begin() + 1, parts[i].shape.end(), p0.shape.begin() + 1))
+      fail(ck.directory().string(), ": tensors '", keys[0], "' ", shape_str(p0.shape), " ", p0.dtype, " and '",
+           keys[i], "' ", shape_str(parts[i].shape), " ", parts[i].dtype, " cannot be concatenated along dim 0");
+  }
+  src->dtype = p0.dtype;
+  src->data = place_rows(parts);
+  src->full = placed_extent(src->data);
+  if (p0.dtype == DType::F8_E4M3) {
+    src->fp8 = true;
+    src->pow2 = true;
+    std::vector<AnyConstView> scales;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      const std::string sk = hf_scale_key(nm, keys[i]);
+      if (!ck.contains(sk))
+        fail(ck.directory().string(), ": FP8 tensor '", keys[i], "' has no scale tensor '", sk, "'");
+      const AnyConstView s = ck.view(sk);
+      const auto mn = quant::as_matrix(parts[i].shape);
+      quant::check_scale_shape(sk, mn.m, mn.n, s.shape);
+      if (s.dtype != DType::F32) fail(ck.directory().string(), ": scale '", sk, "' is ", s.dtype, ", expected F32");
+      const AnyConstView trimmed = s.slice(1, 0, quant::block_count(mn.n));
+      src->pow2 = src->pow2 && quant::is_power_of_two(trimmed, mn.m, mn.n, sk);
+      scales.push_back(trimmed);
+      src->fp8_pieces.push_back({src->data[i], trimmed});
+      plan.consume(sk);
+      if (i + 1 < keys.size() && parts[i].shape[0] % quant::kBlock != 0) src->blocks_tile = false;
+    }
+    if (p0.rank() != 2) fail(ck.directory().string(), ": FP8 tensor '", keys[0], "' must be 2-D, is ", shape_str(p0.shape));
+    if (src->blocks_tile) {
+      std::int64_t row = 0;
+      for (const auto& s : scales) {
+        src->scale.push_back({s, Shape{row, 0}});
+        row += s.shape[0];
+      }
+    }
+  } else {
+    for (const auto& k : keys)
+      if (ck.contains(hf_scale_key(nm, k)))
+        fail(ck.directory().string(), ": tensor '", k, "' is ", p0.dtype, " but has an FP8 scale '", hf_scale_key(nm, k),
+             "'");
+  }
+  return src;
+}
+
+// MCore-side settings a plan needs beyond ConvertOptions.
+struct McoreTarget {
+  std::string iteration_dir() const { return iteration < 0 ? "release" : iter_name(); }
+  std::int64_t iteration = -1;
+
+private:
+  std::string iter_name() const {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(iteration));
+    return buf;
+  }
+};
+
+// Decides the FP8 treatment of one instance. `src_fp8`: the source holds FP8 data.
+inline bool target_is_fp8(const model::ParamKind& k, const McoreEntry& me, bool src_fp8, const ConvertOptions& o) {
+  if (src_fp8) return !o.dequantize_fp8;
+  if (!o.convert_to_fp8) return false;
+  return k.fp8 != model::Fp8::Never || me.fp8 || me.dtype == "fp8";
+}
+
+// The `args` Namespace Megatron's check_checkpoint_args compares, plus the layout we wrote.
+inline ArgList mcore_args(const ModelShape& shape, const ConvertOptions& o, const PipelinePlan& pp, int etp) {
+  ArgList a(shape.args.begin(), shape.args.end());
+  auto set = [&](const std::string& k, ArgValue v) {
+    for (auto& [key, val] : a)
+      if (key == k) {
+        val = std::move(v);
+        return;
+      }
+    a.emplace_back(k, std::move(v));
+  };
+  set("num_layers", std::int64_t{shape.num_layers});
+  set("tensor_model_parallel_size", std::int64_t{o.tp});
+  set("pipeline_model_parallel_size", std::int64_t{pp.pp()});
+  if (pp.vpp() > 1) set("num_virtual_stages_per_pipeline_rank", std::int64_t{pp.vpp()});
+  if (shape.num_experts > 0) {
+    set("num_experts", std::int64_t{shape.num_experts});
+    set("expert_model_parallel_size", std::int64_t{o.ep});
+    set("expert_tensor_parallel_size", std::int64_t{etp});
+    set("moe_grouped_gemm", o.grouped_gemm);
+  }
+  set("mtp_num_layers", std::int64_t{shape.mtp_num_layers});
+  set("vocab_size", shape.vocab_size);
+  set("make_vocab_size_divisible_by", o.make_vocab_size_divisible_by);
+  set("padded_vocab_size",
+      layout::padded_vocab_size(shape.vocab_size, o.make_vocab_size_divisible_by, o.tp, o.pad_vocab_size_to));
+  set("add_position_embedding", false);
+  set("ckpt_format", std::string("torch"));
+  set("iteration", std::int64_t{o.iteration < 0 ? 0 : o.iteration});
+  return a;
+}
+
+template <class Model>
+Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, const ModelShape& shape,
+                      const ConvertOptions& o) {
+  shape.validate();
+  Plan plan;
+  for (const auto& n : ck.names()) plan.source_tensors.insert(n);
+  plan.source_bytes = ck.total_size();
+
+  PipelineOptions po = o.pipeline;
+  po.num_layers = shape.num_layers;
+  po.mtp_num_layers = shape.mtp_num_layers;
+  const PipelinePlan pp(po);
+  ParallelOptions par{o.tp, po.pp, shape.num_experts > 0 ? o.ep : 1, o.etp, shape.num_experts};
+  if (shape.num_experts == 0 && o.ep != 1)
+    fail("--expert_parallel_size ", o.ep, " given, but the model has no experts");
+  const McoreFileLayout files(par);
+  const McoreTarget tgt{o.iteration};
+  const std::string iter_dir = tgt.iteration_dir();
+
+  // Output files, stage by stage.
+  std::map<std::tuple<int, int, int>, std::size_t> file_index;  // (pp, tp, ep) -> files[]
+  for (const auto& f : files.all_files()) {
+    OutFile of;
+    of.rel = std::filesystem::path(iter_dir) / f.dir / "model_optim_rng.pt";
+    of.format = FileFormat::TorchSave;
+    of.tp = f.tp_rank;
+    of.pp = f.pp_rank;
+    of.ep = f.ep_rank;
+    file_index[{f.pp_rank, f.tp_rank, f.ep_rank}] = plan.files.size();
+    plan.files.push_back(std::move(of));
+  }
+  std::vector<std::set<std::string>> extra_done(plan.files.size());  // _extra_state keys per file
+
+  const VocabSettings vocab{shape.vocab_size, o.make_vocab_size_divisible_by, o.pad_vocab_size_to};
+  const int etp = files.etp();
+
+  // Which (pp, vp stage) pairs hold an instance.
+  auto stages_of = [&](const Instance& in) {
+    std::vector<std::pair<int, int>> st;
+    for (int p = 0; p < pp.pp(); ++p)
+      for (int s = 0; s < pp.vpp(); ++s) {
+        bool here = false;
+        switch (in.kind.where) {
+          case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
+          case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
+          default: {
+            const LayerPlacement& lp = pp.placement(in.layer);
+            here = lp.pp_rank == p && lp.vp_stage == s;
+          }
+        }
+        if (here) st.push_back({p, s});
+      }
+    return st;
+  };
+
+  std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  for (const Instance& in : inst) {
+    const std::vector<std::string> keys = hf_keys(nm, in);
+    auto src = hf_source(ck, nm, keys, plan);
+    if (shape.expected_shape) {
+      const Shape want = shape.expected_shape(in.kind.common);
+      if (src->full != want)
+        fail(ck.directory().string(), ": tensor '", keys.front(), "'", keys.size() > 1 ? " (with the other parts)" : "",
+             " has shape ", shape_str(src->full), " but the model config implies ", shape_str(want), " for ",
+             in.label());
+    }
+    const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
+    const bool tfp8 = target_is_fp8(in.kind, me, src->fp8, o);
+    const bool expert = in.kind.where == model::Where::Expert;
+    const int size = expert ? etp : o.tp;
+    const bool replicate = me.ignore_tp || (tfp8 && me.fp8_ignore_tp);
+    const std::vector<layout::ShardMap> maps = tp_maps(in.kind.tp_rule, replicate, src->name, src->full, size, vocab);
+
+    Fp8Settings fs;
+    fs.method = o.quant_method;
+    fs.amax_epsilon = o.amax_epsilon;
+    fs.pow2 = o.force_pow_2_scales.value_or(src->fp8 ? src->pow2 : true);
+    fs.force_no_requant = o.fp8_force_no_requant;
+    fs.device = o.device;
+    fs.layout = quant::ScaleLayout::TePadded;
+    fs.dequant_dtype = o.torch_dtype;
+
+    for (auto [p, s] : stages_of(in)) {
+      McoreSlot slot;
+      if (in.layer >= 0) {
+        const LayerPlacement& lp = pp.placement(in.layer);
+        slot.local_layer = lp.is_mtp ? -1 : lp.local_index;
+        slot.mtp = lp.is_mtp ? lp.local_index : -1;
+      }
+      slot.grouped_gemm = o.grouped_gemm;
+      for (const auto& f : files.stage_files(p)) {
+        int shard = f.tp_rank;
+        if (expert) {
+          auto it = std::find(f.experts.begin(), f.experts.end(), in.expert);
+          if (it == f.experts.end()) continue;
+          slot.local_expert = static_cast<int>(it - f.experts.begin());
+          shard = f.expert_tp_rank;
+        }
+        const McoreKey mk = mcore_key(nm, in, slot);
+        OutEntry e = make_entry(src, maps[static_cast<std::size_t>(shard)], tfp8, fs);
+        e.key = mk.key;
+        e.dict = pp.model_key(s);
+        const std::size_t fi = file_index.at({p, f.tp_rank, f.ep_rank});
+        OutFile& of = plan.files[fi];
+        if (e.how == "fp8 requantize")
+          plan.notes.push_back("re-quantizing " + src->name + " for " + of.rel.string() +
+                               " (blocks not aligned or scale kind differs)");
+        of.entries.push_back(std::move(e));
+        if (!mk.module.empty() && extra_done[fi].insert(pp.model_key(s) + "/" + mk.module).second) {
+          OutEntry x;
+          x.kind = EntryKind::None;
+          x.key = mk.module + "._extra_state";
+          x.dict = pp.model_key(s);
+          of.entries.push_back(std::move(x));
+        }
+      }
+    }
+  }
+  // DeepSeek's MTP blocks carry copies of the embedding and output layer in HF; MCore uses the
+  // main ones. They must equal the originals (else information would be lost).
+  for (const auto& [copy_key, orig_key] : mtp_copy_keys<Model>(nm, shape)) {
+    if (!ck.contains(copy_key)) continue;
+    const AnyConstView a = ck.view(copy_key), b = ck.view(orig_key);
+    if (a.dtype != b.dtype || a.shape != b.shape || std::memcmp(a.data, b.data, a.size_bytes()) != 0)
+      fail(ck.directory().string(), ": '", copy_key, "' differs from '", orig_key,
+           "'; MCore keeps only one copy, so converting would lose it");
+    plan.consume(copy_key);
+  }
+  plan.check_coverage();
+  plan.mcore_args = mcore_args(shape, o, pp, files.etp());
+  plan.small_files.push_back({"latest_checkpointed_iteration.txt",
+                              o.iteration < 0 ? std::string("release") : std::to_string(o.iteration)});
+  return plan;
+}
+
+}  // namespace ckbridge::convert

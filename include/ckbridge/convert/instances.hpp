@@ -1,0 +1,102 @@
+#pragma once
+// Enumerates the parameter instances of a model policy for a concrete model shape: every global,
+// every per-layer kind of every decoder layer (dense or MoE), every routed expert, every MTP block.
+#include <functional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "ckbridge/convert/names.hpp"
+#include "ckbridge/core/error.hpp"
+#include "ckbridge/core/shape.hpp"
+#include "ckbridge/model/param.hpp"
+
+namespace ckbridge::convert {
+
+// A value of the MCore `args` Namespace.
+using ArgValue = std::variant<std::monostate, bool, std::int64_t, double, std::string>;
+using ArgList = std::vector<std::pair<std::string, ArgValue>>;
+
+struct ModelShape {
+  int num_layers = 0;
+  int mtp_num_layers = 0;
+  int num_experts = 0;          // 0: dense model
+  std::vector<bool> moe_layer;  // per decoder layer (size num_layers)
+  bool mtp_moe = true;          // the inner layer of an MTP block is MoE (DeepSeek V3)
+  std::int64_t vocab_size = 0;  // unpadded
+  // Model fields for the MCore `args` Namespace (hidden_size, num_attention_heads, ...).
+  std::vector<std::pair<std::string, ArgValue>> args;
+  // The full shape the config implies for a parameter kind (empty function: not checked).
+  std::function<Shape(std::string_view common)> expected_shape;
+
+  bool is_moe(int layer) const {
+    if (layer >= num_layers) return mtp_moe && num_experts > 0;
+    return layer >= 0 && static_cast<std::size_t>(layer) < moe_layer.size() && moe_layer[static_cast<std::size_t>(layer)];
+  }
+  void validate() const {
+    if (num_layers <= 0) fail("model config: num_layers must be > 0, got ", num_layers);
+    if (mtp_num_layers < 0) fail("model config: mtp_num_layers must be >= 0, got ", mtp_num_layers);
+    if (static_cast<int>(moe_layer.size()) != num_layers)
+      fail("model config: moe_layer_freq has ", moe_layer.size(), " entries for num_layers = ", num_layers);
+    for (bool m : moe_layer)
+      if (m && num_experts <= 0) fail("model config: MoE layers but num_experts = ", num_experts);
+    if (vocab_size <= 0) fail("model config: vocab size must be > 0, got ", vocab_size);
+  }
+};
+
+// Instances in the canonical order: globals of the first stage, layers in order (per layer: the
+// kinds in policy order, routed experts by ascending id), MTP blocks, then last-stage globals.
+template <class Model>
+std::vector<Instance> enumerate_instances(const ModelShape& shape) {
+  using model::Where;
+  constexpr auto kinds = model::param_kinds<typename Model::params>();
+  std::vector<Instance> out;
+  auto layer = [&](int id, int mtp) {
+    const bool moe = shape.is_moe(id);
+    for (const auto& k : kinds) {
+      if (k.where == Where::Layer || (k.where == Where::DenseLayer && !moe) || (k.where == Where::MoeLayer && moe))
+        out.push_back({k, id, mtp, -1});
+      if (k.where == Where::Expert && moe)
+        for (int e = 0; e < shape.num_experts; ++e) out.push_back({k, id, mtp, e});
+    }
+  };
+  for (const auto& k : kinds)
+    if (k.where == Where::FirstStage) out.push_back({k, -1, -1, -1});
+  for (int l = 0; l < shape.num_layers; ++l) layer(l, -1);
+  for (int i = 0; i < shape.mtp_num_layers; ++i) {
+    for (const auto& k : kinds)
+      if (k.where == Where::MtpBlock) out.push_back({k, shape.num_layers + i, i, -1});
+    layer(shape.num_layers + i, i);
+  }
+  for (const auto& k : kinds)
+    if (k.where == Where::LastStage) out.push_back({k, -1, -1, -1});
+  return out;
+}
+
+// (copy key, original key) of every MTP-block duplicate the model policy declares.
+template <class Model>
+std::vector<std::pair<std::string, std::string>> mtp_copy_keys(const NameMap& nm, const ModelShape& shape) {
+  std::vector<std::pair<std::string, std::string>> out;
+  using Copies = typename Model::mtp_copies;
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (
+        [&] {
+          using C = std::tuple_element_t<I, Copies>;
+          if (!nm.hf.count(C::copy)) return;  // the config does not name the copy: nothing to do
+          for (int i = 0; i < shape.mtp_num_layers; ++i) {
+            const model::ParamKind ck{C::copy, model::TpRule::Replicate, model::Where::MtpBlock, model::Fp8::Never,
+                                      model::TpGroup::Tensor};
+            const model::ParamKind ok{C::of, model::TpRule::Replicate, model::Where::FirstStage, model::Fp8::Never,
+                                      model::TpGroup::Tensor};
+            out.push_back({hf_keys(nm, Instance{ck, shape.num_layers + i, i, -1}).front(),
+                           hf_keys(nm, Instance{ok, -1, -1, -1}).front()});
+          }
+        }(),
+        ...);
+  }(std::make_index_sequence<std::tuple_size_v<Copies>>{});
+  return out;
+}
+
+}  // namespace ckbridge::convert

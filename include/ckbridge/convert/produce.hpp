@@ -1,0 +1,206 @@
+#pragma once
+// Producers for one output tensor (a TP shard on the MCore side, a [gate|up] part or a whole
+// tensor on the HF side) from one logical source tensor, choosing between zero-copy views,
+// copies, direct FP8 block copies, quantization, dequantization and re-quantization. Both
+// conversion directions describe their target as a ShardMap over the logical full tensor.
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ckbridge/convert/gather.hpp"
+#include "ckbridge/convert/plan.hpp"
+#include "ckbridge/layout/fp8_split.hpp"
+#include "ckbridge/quant/dequantize.hpp"
+#include "ckbridge/quant/fp8_blocks.hpp"
+#include "ckbridge/quant/quantize.hpp"
+
+namespace ckbridge::convert {
+
+// One logical full tensor as the source holds it.
+struct LogicalSource {
+  std::string name;           // for messages
+  Shape full;                 // logical shape
+  DType dtype = DType::BF16;  // element type of `data` (F8_E4M3 for FP8 sources)
+  std::vector<Placed> data;   // placed pieces (HF parts, or MCore shard pieces)
+  // FP8 only: scale pieces placed in block coordinates (unpadded), and per-piece dequantization
+  // inputs for the requantization path.
+  bool fp8 = false;
+  std::vector<Placed> scale;
+  bool pow2 = false;               // every meaningful scale is a power of two
+  bool blocks_tile = true;         // the pieces' scales tile the full tensor's block grid
+  std::vector<std::pair<Placed, AnyConstView>> fp8_pieces;  // (data piece, its own scale) for dequantization
+};
+
+// FP8 settings for producers.
+struct Fp8Settings {
+  quant::MethodId method = quant::MethodId::Te;
+  float amax_epsilon = 0.0f;
+  bool pow2 = true;             // wanted scale kind of newly quantized tensors
+  bool force_no_requant = false;
+  quant::Device device = quant::Device::Auto;
+  quant::ScaleLayout layout = quant::ScaleLayout::Unpadded;
+  DType dequant_dtype = DType::BF16;  // output of dequantization
+};
+
+enum class Fp8Target { Keep, Quantize, Dequantize };
+
+namespace produce_detail {
+
+inline std::size_t bytes_of(DType d, const Shape& s) { return static_cast<std::size_t>(numel(s)) * dtype_size(d); }
+
+// Zero-filled copy with TE's scale column padding.
+inline Tensor pad_scale(const AnyConstView& s, quant::ScaleLayout layout, std::int64_t data_cols) {
+  const Shape want = quant::scale_shape(0, data_cols, layout);
+  Tensor t(DType::F32, Shape{s.shape[0], want[1]});
+  std::memset(t.data(), 0, t.size_bytes());
+  copy(s, t.view().slice(1, 0, s.shape[1]));
+  return t;
+}
+
+inline std::int64_t cols_of(const Shape& s) { return s.empty() ? 1 : s.back(); }
+
+// The full tensor dequantized (piece by piece with each piece's own scales).
+inline Tensor dequantize_full(const LogicalSource& src, DType out) {
+  Tensor full(out, src.full);
+  for (const auto& [placed, scale] : src.fp8_pieces) {
+    Tensor part = quant::dequantize(placed.view, scale, out, {.name = src.name});
+    gather(src.name, {Placed{part.cview(), Shape(src.full.size(), 0)}},
+           layout::Box{Shape(src.full.size(), 0), part.shape()},
+           layout::detail::sub(full.view(), layout::Box{placed.origin, placed.view.shape}));
+  }
+  return full;
+}
+
+inline AnyConstView gather_into(const LogicalSource& src, const std::vector<Placed>& pieces, DType dt,
+                                const layout::ShardMap& m, Tensor& scratch) {
+  if (auto v = shard_view(pieces, m)) return *v;
+  scratch = Tensor(dt, m.shard_shape);
+  gather_shard(src.name, pieces, m, scratch.view());
+  return scratch.cview();
+}
+
+inline quant::QuantResult quantize_shard(const std::string& name, const AnyConstView& x, const Fp8Settings& s) {
+  return quant::quantize(s.method, x,
+                         {.amax_epsilon = s.amax_epsilon, .force_pow_2_scales = s.pow2, .layout = s.layout,
+                          .device = s.device, .threads = 0, .name = name});
+}
+
+}  // namespace produce_detail
+
+// Whether the target `m` can take whole FP8 blocks of the source without re-quantization.
+inline bool fp8_direct_ok(const LogicalSource& src, const layout::ShardMap& m) {
+  return src.fp8 && src.blocks_tile && !layout::fp8_why_not(src.name, src.full, m, 0, 1).has_value();
+}
+
+// Builds the entry for target `m` (key and dict filled in by the caller). `target` says whether
+// the output is FP8 (Keep = FP8 if the source is, Quantize = FP8, Dequantize = plain).
+// Returns a description of the path taken in entry.how.
+inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m, bool target_fp8,
+                           const Fp8Settings& fs) {
+  using namespace produce_detail;
+  OutEntry e;
+  const std::string& name = src->name;
+  const Shape shard = m.shard_shape;
+  if (!target_fp8) {
+    e.kind = EntryKind::Tensor;
+    if (!src->fp8) {
+      e.data = Producer{src->dtype, shard, shard_view(src->data, m) ? 0 : bytes_of(src->dtype, shard),
+                        [src, m](Tensor& scratch) { return gather_into(*src, src->data, src->dtype, m, scratch); }};
+      e.how = m.pieces.size() == 1 && shard == src->full ? "copy" : "reshard";
+      return e;
+    }
+    // FP8 -> plain: dequantize whole blocks of this target when possible, else the full tensor.
+    const DType out = fs.dequant_dtype;
+    if (fp8_direct_ok(*src, m)) {
+      const layout::ShardMap sm = layout::fp8_scale_map(name, src->full, m, 0, 1);
+      e.data = Producer{out, shard, bytes_of(out, shard) + bytes_of(DType::F8_E4M3, shard),
+                        [src, m, sm, out](Tensor& scratch) {
+                          Tensor d, s;
+                          const AnyConstView dv = gather_into(*src, src->data, DType::F8_E4M3, m, d);
+                          const AnyConstView sv = gather_into(*src, src->scale, DType::F32, sm, s);
+                          scratch = quant::dequantize(dv, sv, out, {.name = src->name});
+                          return scratch.cview();
+                        }};
+      e.how = "dequantize blocks";
+    } else {
+      e.data = Producer{out, shard, bytes_of(out, src->full) + bytes_of(out, shard), [src, m, out](Tensor& scratch) {
+                          Tensor full = dequantize_full(*src, out);
+                          scratch = Tensor(out, m.shard_shape);
+                          gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0)}}, m, scratch.view());
+                          return scratch.cview();
+                        }};
+      e.how = "dequantize full";
+    }
+    return e;
+  }
+
+  e.kind = EntryKind::Fp8;
+  e.pow2 = fs.pow2;
+  const Shape scale_shape = quant::scale_shape(quant::as_matrix(shard).m, cols_of(shard), fs.layout);
+  const bool direct =
+      src->fp8 && fp8_direct_ok(*src, m) && (fs.force_no_requant || src->pow2 == fs.pow2);
+  if (direct) {
+    e.pow2 = src->pow2;
+    const layout::ShardMap sm = layout::fp8_scale_map(name, src->full, m, 0, 1);
+    e.data = Producer{DType::F8_E4M3, shard, shard_view(src->data, m) ? 0 : bytes_of(DType::F8_E4M3, shard),
+                      [src, m](Tensor& scratch) { return gather_into(*src, src->data, DType::F8_E4M3, m, scratch); }};
+    const std::int64_t cols = cols_of(shard);
+    e.scale = Producer{DType::F32, scale_shape, 2 * bytes_of(DType::F32, scale_shape),
+                       [src, sm, layout = fs.layout, cols](Tensor& scratch) {
+                         Tensor tmp;
+                         const AnyConstView sv = gather_into(*src, src->scale, DType::F32, sm, tmp);
+                         if (layout == quant::ScaleLayout::Unpadded) {
+                           if (tmp.size_bytes() == 0) return sv;
+                           scratch = std::move(tmp);
+                           return scratch.cview();
+                         }
+                         scratch = pad_scale(sv, layout, cols);
+                         return scratch.cview();
+                       }};
+    e.how = "fp8 direct";
+    return e;
+  }
+  if (src->fp8 && fs.force_no_requant)
+    fail("tensor '", name, "': --fp8_force_no_requant, but its FP8 blocks cannot be carried over: ",
+         layout::fp8_why_not(name, src->full, m, 0, 1).value_or("its scales do not tile the block grid"));
+  // Quantize (BF16 source) or re-quantize (FP8 source): data and scale come from one computation.
+  const std::size_t work = src->fp8 ? bytes_of(DType::F32, src->full) + bytes_of(DType::F32, shard)
+                                    : bytes_of(src->dtype, shard);
+  auto cache = std::make_shared<PairCache>([src, m, fs]() -> std::pair<Tensor, Tensor> {
+    Tensor tmp;
+    AnyConstView x;
+    Tensor full;
+    if (src->fp8) {
+      full = produce_detail::dequantize_full(*src, DType::F32);
+      tmp = Tensor(DType::F32, m.shard_shape);
+      gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0)}}, m, tmp.view());
+      x = tmp.cview();
+    } else {
+      x = produce_detail::gather_into(*src, src->data, src->dtype, m, tmp);
+    }
+    quant::QuantResult r = produce_detail::quantize_shard(src->name, x, fs);
+    return {std::move(r.data), std::move(r.scale_inv)};
+  });
+  e.data = Producer{DType::F8_E4M3, shard, work + bytes_of(DType::F8_E4M3, shard), [cache](Tensor& scratch) {
+                      scratch = cache->take_first();
+                      return scratch.cview();
+                    }};
+  e.scale = Producer{DType::F32, scale_shape, bytes_of(DType::F32, scale_shape), [cache](Tensor& scratch) {
+                       scratch = cache->take_second();
+                       return scratch.cview();
+                     }};
+  e.how = src->fp8 ? "fp8 requantize" : "quantize";
+  return e;
+}
+
+// A target covering the box `region` of the full tensor (HF outputs: a whole tensor or one part).
+inline layout::ShardMap region_map(const layout::Box& region) {
+  layout::ShardMap m;
+  m.shard_shape = region.extent;
+  m.concat_dim = 0;
+  m.pieces.push_back(layout::Piece{region, Shape(region.rank(), 0)});
+  return m;
+}
+
+}  // namespace ckbridge::convert
