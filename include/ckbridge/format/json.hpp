@@ -129,6 +129,23 @@ inline void parse(rapidjson::Document& doc, std::string_view text, std::string_v
 
 inline std::string_view str(const rapidjson::Value& v) { return {v.GetString(), v.GetStringLength()}; }
 
+// Calls f(name, value) for each member of an object, in document order (duplicates included).
+// Indexing instead of iterator comparisons: rapidjson 1.1's iterator operator== is ambiguous
+// under C++20 rewritten-comparison rules (clang warns).
+template <class F>
+void for_each_member(const rapidjson::Value& obj, F&& f) {
+  const auto first = obj.MemberBegin();
+  for (rapidjson::SizeType i = 0; i < obj.MemberCount(); ++i) f((first + i)->name, (first + i)->value);
+}
+
+// The first member named `key`, or nullptr.
+inline const rapidjson::Value* find_member(const rapidjson::Value& obj, std::string_view key) {
+  const auto first = obj.MemberBegin();
+  for (rapidjson::SizeType i = 0; i < obj.MemberCount(); ++i)
+    if (str((first + i)->name) == key) return &(first + i)->value;
+  return nullptr;
+}
+
 // Unsigned 64-bit integer value (JSON integers only, no floats or negatives).
 inline bool get_u64(const rapidjson::Value& v, std::uint64_t& out) {
   if (!v.IsUint64()) return false;

@@ -46,22 +46,22 @@ inline Index parse_index(std::string_view text, std::string_view label) {
   json::parse(doc, text, label);
   if (!doc.IsObject()) fail(label, ": index is not a JSON object");
   Index idx;
-  const auto wm = doc.FindMember("weight_map");
-  if (wm == doc.MemberEnd() || !wm->value.IsObject()) fail(label, ": index has no \"weight_map\" object");
+  const rapidjson::Value* wm = json::find_member(doc, "weight_map");
+  if (!wm || !wm->IsObject()) fail(label, ": index has no \"weight_map\" object");
   std::set<std::string_view> seen;
-  for (auto it = wm->value.MemberBegin(); it != wm->value.MemberEnd(); ++it) {
-    const std::string_view name = json::str(it->name);
-    if (!it->value.IsString()) fail(label, ": weight_map entry of tensor '", name, "' is not a file name string");
-    const std::string_view file = json::str(it->value);
+  json::for_each_member(*wm, [&](const rapidjson::Value& k, const rapidjson::Value& v) {
+    const std::string_view name = json::str(k);
+    if (!v.IsString()) fail(label, ": weight_map entry of tensor '", name, "' is not a file name string");
+    const std::string_view file = json::str(v);
     if (!seen.insert(name).second) fail(label, ": tensor '", name, "' is listed twice in weight_map");
     detail::check_relative_name(label, name, file);
     idx.weight_map.emplace_back(std::string(name), std::string(file));
-  }
-  const auto md = doc.FindMember("metadata");
-  if (md != doc.MemberEnd() && md->value.IsObject()) {
-    const auto ts = md->value.FindMember("total_size");
+  });
+  const rapidjson::Value* md = json::find_member(doc, "metadata");
+  if (md && md->IsObject()) {
+    const rapidjson::Value* ts = json::find_member(*md, "total_size");
     std::uint64_t v;
-    if (ts != md->value.MemberEnd() && json::get_u64(ts->value, v)) idx.total_size = v;
+    if (ts && json::get_u64(*ts, v)) idx.total_size = v;
   }
   return idx;
 }

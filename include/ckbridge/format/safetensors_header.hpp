@@ -119,12 +119,11 @@ inline TensorInfo parse_tensor_entry(std::string_view label, std::string name, c
   const auto where = [&] { return ckbridge::detail::concat(label, ": tensor ", squote(t.name)); };
   if (!v.IsObject()) fail(where(), ": header entry is not a JSON object");
   bool have_dtype = false, have_shape = false, have_offsets = false;
-  for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
-    const std::string_view key = json::str(it->name);
-    const rapidjson::Value& f = it->value;
+  json::for_each_member(v, [&](const rapidjson::Value& k, const rapidjson::Value& f) {
+    const std::string_view key = json::str(k);
     // Unknown fields are ignored, as by the reference (serde without deny_unknown_fields).
     bool* seen = key == "dtype" ? &have_dtype : key == "shape" ? &have_shape : key == "data_offsets" ? &have_offsets : nullptr;
-    if (!seen) continue;
+    if (!seen) return;
     if (*seen) fail(where(), ": duplicate field ", squote(key));
     *seen = true;
     if (key == "dtype") {
@@ -148,7 +147,7 @@ inline TensorInfo parse_tensor_entry(std::string_view label, std::string name, c
       if (!f.IsArray() || f.Size() != 2 || !json::get_u64(f[0], t.begin) || !json::get_u64(f[1], t.end))
         fail(where(), ": data_offsets must be [begin, end] with unsigned integers");
     }
-  }
+  });
   if (!have_dtype) fail(where(), ": missing field 'dtype'");
   if (!have_shape) fail(where(), ": missing field 'shape'");
   if (!have_offsets) fail(where(), ": missing field 'data_offsets'");
@@ -178,8 +177,8 @@ inline Header parse_header(std::span<const std::byte> file, std::string_view lab
   if (!doc.IsObject()) fail(label, ": header is not a JSON object");
 
   std::set<std::string_view> seen;
-  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
-    const std::string_view key = json::str(it->name);
+  json::for_each_member(doc, [&](const rapidjson::Value& k, const rapidjson::Value& value) {
+    const std::string_view key = json::str(k);
     // rapidjson lets lone \u surrogates through; serde_json (and our writer) do not.
     if (!json::is_valid_utf8(key)) fail(label, ": header key ", squote(key), " is not valid UTF-8");
     if (!seen.insert(key).second) {
@@ -187,23 +186,23 @@ inline Header parse_header(std::span<const std::byte> file, std::string_view lab
       fail(label, ": tensor ", squote(key), " appears twice in the header");
     }
     if (key == kMetadataKey) {
-      const rapidjson::Value& m = it->value;
-      if (m.IsNull()) continue;  // serde reads null as "no metadata"
+      const rapidjson::Value& m = value;
+      if (m.IsNull()) return;  // serde reads null as "no metadata"
       if (!m.IsObject()) fail(label, ": __metadata__ is not a JSON object");
       Metadata md;
-      for (auto mi = m.MemberBegin(); mi != m.MemberEnd(); ++mi) {
-        const std::string mk(json::str(mi->name));
-        if (!mi->value.IsString()) fail(label, ": __metadata__ value of ", squote(mk), " is not a string");
-        if (!json::is_valid_utf8(mk) || !json::is_valid_utf8(json::str(mi->value)))
+      json::for_each_member(m, [&](const rapidjson::Value& mkey, const rapidjson::Value& mval) {
+        const std::string mk(json::str(mkey));
+        if (!mval.IsString()) fail(label, ": __metadata__ value of ", squote(mk), " is not a string");
+        if (!json::is_valid_utf8(mk) || !json::is_valid_utf8(json::str(mval)))
           fail(label, ": __metadata__ entry ", squote(mk), " is not valid UTF-8");
-        if (!md.emplace(mk, std::string(json::str(mi->value))).second)
+        if (!md.emplace(mk, std::string(json::str(mval))).second)
           fail(label, ": __metadata__ key ", squote(mk), " appears twice");
-      }
+      });
       h.metadata = std::move(md);
-      continue;
+      return;
     }
-    h.tensors.push_back(detail::parse_tensor_entry(label, std::string(key), it->value));
-  }
+    h.tensors.push_back(detail::parse_tensor_entry(label, std::string(key), value));
+  });
 
   // Offsets must tile the data section: sorted by offsets, each begins where the last ended.
   std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
