@@ -193,10 +193,12 @@ int main(int argc, char** argv) {
     else if (sc == "mixed") v = mixed();
     else if (sc == "te" && argc > 3) {
       format::TeVersion tv;
-      if (std::sscanf(argv[3], "%d.%d", &tv.major, &tv.minor) != 2) {
+      char by_name = 0;  // "2.17n": Python 3.11 enum pickling
+      if (std::sscanf(argv[3], "%d.%d%c", &tv.major, &tv.minor, &by_name) < 2) {
         std::fprintf(stderr, "bad TE version %s\n", argv[3]);
         return 2;
       }
+      tv.intenum_by_name = by_name == 'n';
       v = te_dict(tv);
       opt.flavor = format::TorchFlavor::Torch2;
     } else if (sc == "big") {

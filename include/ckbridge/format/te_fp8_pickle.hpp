@@ -10,6 +10,7 @@
 //   2.12-2.15 same                                                  10   10th arg None
 //   2.16      module function _make_float8_blockwise_tensor_in_reduce_ex 10   DType pickled as DType(7)
 //   2.17+     same                                                  10   IntEnum constants.DType(7)
+//                                                          (Python 3.11: getattr(DType, 'kFloat8E4M3'))
 //
 // The args are (torch.Size([M, N]), rowwise_data uint8 [M, N], rowwise_scale_inv f32
 // [ceil(M/128), roundup(ceil(N/128), 4)], None, None, fp8_dtype, fake dtype, quantizer, True
@@ -34,7 +35,9 @@ namespace ckbridge::format {
 
 struct TeVersion {
   int major = 2, minor = 9;  // LoongForge's reference environment
-  friend constexpr auto operator<=>(TeVersion, TeVersion) = default;
+  // TE >= 2.17 uses a Python IntEnum; Python 3.12+ pickles its members by value (REDUCE
+  // DType((7,))), Python 3.11 by name (getattr(DType, 'kFloat8E4M3')). Set for a 3.11 stack.
+  bool intenum_by_name = false;
 };
 
 // The distinct pickle forms.
@@ -85,8 +88,11 @@ inline pickle::Value shared_str(const char* s) {
   return pool.back().second;
 }
 
-inline pickle::Value e4m3_enum(TeForm f) {
+inline pickle::Value e4m3_enum(TeForm f, bool by_name) {
   using pickle::Value;
+  static const Value intenum_name =
+      Value::reduce(Value::global("builtins", "getattr"),
+                    Value::tuple({Value::global("transformer_engine.pytorch.constants", "DType"), Value("kFloat8E4M3")}));
   static const Value pybind23 = Value::newobj(Value::global("transformer_engine_torch", "DType"), Value::tuple(), Value(6));
   static const Value pybind24 = Value::newobj(Value::global("transformer_engine_torch", "DType"), Value::tuple(), Value(7));
   static const Value reduce216 = Value::reduce(Value::global("transformer_engine_torch", "DType"), Value::tuple({7}));
@@ -97,7 +103,7 @@ inline pickle::Value e4m3_enum(TeForm f) {
     case TeForm::V2_5_to_2_11:
     case TeForm::V2_12_to_2_15: return pybind24;
     case TeForm::V2_16: return reduce216;
-    case TeForm::V2_17_plus: return intenum;
+    case TeForm::V2_17_plus: return by_name ? intenum_name : intenum;
   }
   fail("invalid TE form");
 }
@@ -157,7 +163,7 @@ inline pickle::Value te_fp8_blockwise_tensor(const TeFp8Tensor& t, TeVersion v =
 
   AnyConstView codes = t.data;
   codes.dtype = DType::U8;  // TE keeps the E4M3 bits in a uint8 tensor
-  const Value fp8 = te_detail::e4m3_enum(f);
+  const Value fp8 = te_detail::e4m3_enum(f, v.intenum_by_name);
   const Value quant = te_fp8_quantizer(t.quantizer, v, fp8);
 
   std::vector<Value> args{Value::torch_size(t.data.shape),
