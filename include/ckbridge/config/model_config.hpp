@@ -1,0 +1,458 @@
+#pragma once
+// Architecture description of a DeepSeek-V3-style model (MLA attention, routed + shared experts,
+// MTP), filled from LoongForge's model YAML (Megatron-Core TransformerConfig names) or from a
+// HuggingFace config.json, validated with errors that name the source and the key, and written
+// back as an HF config.json for MCore -> HF exports (LoongForge writes none, bug B23).
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "ckbridge/config/yaml_loader.hpp"
+#include "ckbridge/core/error.hpp"
+
+namespace ckbridge::config {
+
+// YaRN rope scaling (HF rope_scaling / MCore rotary_scaling_factor, mscale...).
+struct RopeScaling {
+  double factor = 40;
+  std::int64_t original_max_position_embeddings = 4096;
+  double beta_fast = 32;
+  double beta_slow = 1;
+  double mscale = 1.0;
+  double mscale_all_dim = 1.0;
+};
+
+// Field names follow Megatron-Core (what LoongForge's model YAML uses); defaults are DeepSeek-V3's
+// values for the fields its YAML does not carry (router, rope).
+struct ModelConfig {
+  std::int64_t num_layers = 0;
+  std::int64_t hidden_size = 0;
+  std::int64_t ffn_hidden_size = 0;                       // dense MLP intermediate size
+  std::int64_t moe_ffn_hidden_size = 0;                   // per routed expert
+  std::int64_t moe_shared_expert_intermediate_size = 0;   // 0: no shared expert
+  std::int64_t num_experts = 0;                           // 0: dense model
+  std::vector<int> moe_layer_freq;                        // per layer: 1 = MoE, 0 = dense
+  std::int64_t q_lora_rank = 0;                           // 0: no q compression (V2-Lite style)
+  std::int64_t kv_lora_rank = 0;
+  std::int64_t qk_head_dim = 0;                           // HF qk_nope_head_dim
+  std::int64_t qk_pos_emb_head_dim = 0;                   // HF qk_rope_head_dim
+  std::int64_t v_head_dim = 0;
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_query_groups = 0;                      // HF num_key_value_heads
+  std::int64_t vocab_size = 0;                            // unpadded (LoongForge vocab_size_in_config_file)
+  std::int64_t mtp_num_layers = 0;                        // HF num_nextn_predict_layers
+  double norm_epsilon = 1e-6;
+  bool untie_embeddings_and_output_weights = true;
+  bool qk_layernorm = true;
+  std::int64_t moe_router_topk = 8;
+  std::int64_t moe_router_num_groups = 8;
+  std::int64_t moe_router_group_topk = 4;
+  double moe_router_topk_scaling_factor = 2.5;
+  std::string moe_router_score_function = "sigmoid";
+  bool moe_router_enable_expert_bias = true;
+  double rotary_base = 10000;
+  std::int64_t max_position_embeddings = 163840;
+  std::optional<RopeScaling> rope_scaling = RopeScaling{};
+
+  // Number of leading dense layers (HF first_k_dense_replace).
+  std::int64_t first_k_dense() const {
+    std::int64_t k = 0;
+    while (k < static_cast<std::int64_t>(moe_layer_freq.size()) && moe_layer_freq[static_cast<std::size_t>(k)] == 0) ++k;
+    return k;
+  }
+  // Layer l (0-based; MTP layers l >= num_layers follow the last decoder layer's kind, MoE for DSv3).
+  bool is_moe_layer(std::int64_t l) const {
+    if (num_experts == 0) return false;
+    if (l >= num_layers) return !moe_layer_freq.empty() && moe_layer_freq.back() == 1;
+    if (l < 0) fail("layer ", l, " out of range");
+    return moe_layer_freq[static_cast<std::size_t>(l)] == 1;
+  }
+  std::int64_t q_head_dim() const { return qk_head_dim + qk_pos_emb_head_dim; }
+
+  // Checks internal consistency; `source` names the file in messages.
+  void validate(std::string_view source) const {
+    auto pos = [&](const char* key, std::int64_t v) {
+      if (v <= 0) fail(source, ": key '", key, "': must be > 0, got ", v);
+    };
+    pos("num_layers", num_layers);
+    pos("hidden_size", hidden_size);
+    pos("num_attention_heads", num_attention_heads);
+    pos("vocab_size", vocab_size);
+    pos("kv_lora_rank", kv_lora_rank);
+    pos("qk_head_dim", qk_head_dim);
+    pos("qk_pos_emb_head_dim", qk_pos_emb_head_dim);
+    pos("v_head_dim", v_head_dim);
+    if (q_lora_rank < 0) fail(source, ": key 'q_lora_rank': must be >= 0, got ", q_lora_rank);
+    if (mtp_num_layers < 0) fail(source, ": key 'mtp_num_layers': must be >= 0, got ", mtp_num_layers);
+    if (num_query_groups <= 0 || num_attention_heads % num_query_groups != 0)
+      fail(source, ": key 'num_query_groups': ", num_query_groups, " must be > 0 and divide num_attention_heads ",
+           num_attention_heads);
+    if (static_cast<std::int64_t>(moe_layer_freq.size()) != num_layers)
+      fail(source, ": key 'moe_layer_freq': has ", moe_layer_freq.size(), " entries, num_layers is ", num_layers);
+    bool any_moe = false, any_dense = false;
+    for (std::size_t i = 0; i < moe_layer_freq.size(); ++i) {
+      if (moe_layer_freq[i] != 0 && moe_layer_freq[i] != 1)
+        fail(source, ": key 'moe_layer_freq': entry ", i, " is ", moe_layer_freq[i], ", expected 0 or 1");
+      (moe_layer_freq[i] ? any_moe : any_dense) = true;
+    }
+    if (any_moe) {
+      pos("num_experts", num_experts);
+      pos("moe_ffn_hidden_size", moe_ffn_hidden_size);
+      if (moe_shared_expert_intermediate_size < 0)
+        fail(source, ": key 'moe_shared_expert_intermediate_size': must be >= 0");
+      if (moe_router_topk <= 0 || moe_router_topk > num_experts)
+        fail(source, ": key 'moe_router_topk': ", moe_router_topk, " must be in [1, num_experts = ", num_experts, "]");
+      if (moe_router_num_groups > 0 && num_experts % moe_router_num_groups != 0)
+        fail(source, ": key 'moe_router_num_groups': ", moe_router_num_groups, " does not divide num_experts ", num_experts);
+    } else if (num_experts != 0) {
+      fail(source, ": key 'moe_layer_freq': no MoE layer although num_experts is ", num_experts);
+    }
+    if (any_dense) pos("ffn_hidden_size", ffn_hidden_size);
+    if (!(norm_epsilon > 0) || !std::isfinite(norm_epsilon))
+      fail(source, ": key 'norm_epsilon': must be a positive number");
+  }
+};
+
+namespace detail {
+
+inline std::optional<YAML::Node> yget(const YAML::Node& m, const char* key) {
+  if (!m.IsMap()) return std::nullopt;
+  auto c = child(m, key);
+  if (!c || c->IsNull()) return std::nullopt;
+  return *c;
+}
+
+template <class T>
+T yas(const YAML::Node& n, std::string_view source, const char* key) {
+  if (!n.IsScalar()) fail(source, ": key '", key, "': expected a scalar");
+  if (n.Scalar().find("${") != std::string::npos)
+    fail(source, ": key '", key, "': unresolved interpolation '", n.Scalar(), "'");
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    fail(source, ": key '", key, "': cannot read '", n.Scalar(), "' as ",
+         std::is_same_v<T, bool> ? "a boolean" : std::is_floating_point_v<T> ? "a number" : "an integer");
+  }
+}
+
+template <class T>
+void yread(const YAML::Node& m, const char* key, T& out, std::string_view source, bool required) {
+  if (auto n = yget(m, key)) out = yas<T>(*n, source, key);
+  else if (required) fail(source, ": key '", key, "' is missing");
+}
+
+inline std::vector<int> expand_moe_layer_freq(const YAML::Node& n, std::int64_t num_layers, std::string_view source) {
+  std::vector<int> out;
+  if (n.IsSequence()) {
+    for (std::size_t i = 0; i < n.size(); ++i) out.push_back(yas<int>(n[i], source, "moe_layer_freq"));
+    return out;
+  }
+  const std::string s = n.Scalar();
+  if (s.find("${") != std::string::npos)
+    fail(source, ": key 'moe_layer_freq': unresolved interpolation '", s, "'");
+  if (s.find('[') != std::string::npos) {  // unresolved list expression as plain string
+    for (long long v : eval_list_expression(s, std::string(source) + ": key 'moe_layer_freq'"))
+      out.push_back(static_cast<int>(v));
+    return out;
+  }
+  const auto k = yas<std::int64_t>(n, source, "moe_layer_freq");
+  if (k <= 0) fail(source, ": key 'moe_layer_freq': must be > 0 or a list, got ", k);
+  for (std::int64_t i = 0; i < num_layers; ++i) out.push_back(i % k == 0 ? 1 : 0);  // Megatron: every k-th layer
+  return out;
+}
+
+}  // namespace detail
+
+// From LoongForge's model YAML (the node mounted at `module`, or the model file itself).
+inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view source) {
+  using detail::yread;
+  if (!m.IsMap()) fail(source, ": model config must be a map");
+  ModelConfig c;
+  yread(m, "num_layers", c.num_layers, source, true);
+  yread(m, "hidden_size", c.hidden_size, source, true);
+  yread(m, "ffn_hidden_size", c.ffn_hidden_size, source, false);
+  yread(m, "num_attention_heads", c.num_attention_heads, source, true);
+  c.num_query_groups = c.num_attention_heads;
+  yread(m, "num_query_groups", c.num_query_groups, source, false);
+  yread(m, "num_experts", c.num_experts, source, false);
+  yread(m, "moe_ffn_hidden_size", c.moe_ffn_hidden_size, source, false);
+  yread(m, "moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size, source, false);
+  yread(m, "q_lora_rank", c.q_lora_rank, source, false);
+  yread(m, "kv_lora_rank", c.kv_lora_rank, source, true);
+  yread(m, "qk_head_dim", c.qk_head_dim, source, true);
+  yread(m, "qk_pos_emb_head_dim", c.qk_pos_emb_head_dim, source, true);
+  yread(m, "v_head_dim", c.v_head_dim, source, true);
+  yread(m, "mtp_num_layers", c.mtp_num_layers, source, false);
+  if (detail::yget(m, "vocab_size_in_config_file")) yread(m, "vocab_size_in_config_file", c.vocab_size, source, true);
+  else yread(m, "vocab_size", c.vocab_size, source, true);
+  if (detail::yget(m, "norm_epsilon")) yread(m, "norm_epsilon", c.norm_epsilon, source, true);
+  else yread(m, "layernorm_epsilon", c.norm_epsilon, source, false);
+  yread(m, "untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights, source, false);
+  yread(m, "qk_layernorm", c.qk_layernorm, source, false);
+  yread(m, "moe_router_topk", c.moe_router_topk, source, false);
+  yread(m, "moe_router_num_groups", c.moe_router_num_groups, source, false);
+  yread(m, "moe_router_group_topk", c.moe_router_group_topk, source, false);
+  yread(m, "moe_router_topk_scaling_factor", c.moe_router_topk_scaling_factor, source, false);
+  yread(m, "moe_router_score_function", c.moe_router_score_function, source, false);
+  yread(m, "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, source, false);
+  yread(m, "rotary_base", c.rotary_base, source, false);
+  yread(m, "max_position_embeddings", c.max_position_embeddings, source, false);
+  if (auto rt = detail::yget(m, "rope_type"); rt && detail::yas<std::string>(*rt, source, "rope_type") != "yarn") {
+    c.rope_scaling.reset();
+  } else {
+    RopeScaling& r = *c.rope_scaling;
+    yread(m, "rotary_scaling_factor", r.factor, source, false);
+    yread(m, "original_max_position_embeddings", r.original_max_position_embeddings, source, false);
+    yread(m, "beta_fast", r.beta_fast, source, false);
+    yread(m, "beta_slow", r.beta_slow, source, false);
+    yread(m, "mscale", r.mscale, source, false);
+    yread(m, "mscale_all_dim", r.mscale_all_dim, source, false);
+  }
+  if (auto f = detail::yget(m, "moe_layer_freq")) {
+    c.moe_layer_freq = detail::expand_moe_layer_freq(*f, c.num_layers, source);
+  } else {
+    std::int64_t k = 0;
+    detail::yread(m, "first_k_dense_replace", k, source, false);
+    for (std::int64_t i = 0; i < c.num_layers; ++i) c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k ? 1 : 0);
+  }
+  c.validate(source);
+  return c;
+}
+
+namespace detail {
+inline const rapidjson::Value* jget(const rapidjson::Value& o, const char* key) {
+  auto it = o.FindMember(key);
+  if (it == o.MemberEnd() || it->value.IsNull()) return nullptr;
+  return &it->value;
+}
+inline std::int64_t jint(const rapidjson::Value& o, const char* key, std::string_view src, std::optional<std::int64_t> def = std::nullopt) {
+  const auto* v = jget(o, key);
+  if (!v) {
+    if (def) return *def;
+    fail(src, ": key '", key, "' is missing");
+  }
+  if (!v->IsInt64()) fail(src, ": key '", key, "': expected an integer");
+  return v->GetInt64();
+}
+inline double jnum(const rapidjson::Value& o, const char* key, std::string_view src, double def) {
+  const auto* v = jget(o, key);
+  if (!v) return def;
+  if (!v->IsNumber()) fail(src, ": key '", key, "': expected a number");
+  return v->GetDouble();
+}
+inline bool jbool(const rapidjson::Value& o, const char* key, std::string_view src, bool def) {
+  const auto* v = jget(o, key);
+  if (!v) return def;
+  if (!v->IsBool()) fail(src, ": key '", key, "': expected true or false");
+  return v->GetBool();
+}
+inline std::string jstr(const rapidjson::Value& o, const char* key, std::string_view src, std::string def) {
+  const auto* v = jget(o, key);
+  if (!v) return def;
+  if (!v->IsString()) fail(src, ": key '", key, "': expected a string");
+  return v->GetString();
+}
+}  // namespace detail
+
+// From an HF config.json text (DeepSeek-V3 schema; `text_config` is used when present).
+inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_view source) {
+  using namespace detail;
+  rapidjson::Document doc;
+  doc.Parse(json.data(), json.size());
+  if (doc.HasParseError())
+    fail(source, ": invalid JSON at offset ", doc.GetErrorOffset(), ": ", rapidjson::GetParseError_En(doc.GetParseError()));
+  if (!doc.IsObject()) fail(source, ": config.json must be an object");
+  const rapidjson::Value* o = &doc;
+  if (const auto* tc = jget(doc, "text_config"); tc && tc->IsObject()) o = tc;
+  ModelConfig c;
+  c.num_layers = jint(*o, "num_hidden_layers", source);
+  c.hidden_size = jint(*o, "hidden_size", source);
+  c.ffn_hidden_size = jint(*o, "intermediate_size", source);
+  c.moe_ffn_hidden_size = jint(*o, "moe_intermediate_size", source, 0);
+  c.num_experts = jint(*o, "n_routed_experts", source, 0);
+  c.moe_shared_expert_intermediate_size = jint(*o, "n_shared_experts", source, 0) * c.moe_ffn_hidden_size;
+  c.q_lora_rank = jint(*o, "q_lora_rank", source, 0);
+  c.kv_lora_rank = jint(*o, "kv_lora_rank", source);
+  c.qk_head_dim = jint(*o, "qk_nope_head_dim", source);
+  c.qk_pos_emb_head_dim = jint(*o, "qk_rope_head_dim", source);
+  c.v_head_dim = jint(*o, "v_head_dim", source);
+  c.num_attention_heads = jint(*o, "num_attention_heads", source);
+  c.num_query_groups = jint(*o, "num_key_value_heads", source, c.num_attention_heads);
+  c.vocab_size = jint(*o, "vocab_size", source);
+  c.mtp_num_layers = jint(*o, "num_nextn_predict_layers", source, 0);
+  c.norm_epsilon = jnum(*o, "rms_norm_eps", source, 1e-6);
+  c.untie_embeddings_and_output_weights = !jbool(*o, "tie_word_embeddings", source, false);
+  c.moe_router_topk = jint(*o, "num_experts_per_tok", source, c.moe_router_topk);
+  c.moe_router_num_groups = jint(*o, "n_group", source, c.moe_router_num_groups);
+  c.moe_router_group_topk = jint(*o, "topk_group", source, c.moe_router_group_topk);
+  c.moe_router_topk_scaling_factor = jnum(*o, "routed_scaling_factor", source, c.moe_router_topk_scaling_factor);
+  c.moe_router_score_function = jstr(*o, "scoring_func", source, c.moe_router_score_function);
+  c.moe_router_enable_expert_bias = jstr(*o, "topk_method", source, "noaux_tc") == "noaux_tc";
+  c.rotary_base = jnum(*o, "rope_theta", source, c.rotary_base);
+  c.max_position_embeddings = jint(*o, "max_position_embeddings", source, c.max_position_embeddings);
+  c.rope_scaling.reset();
+  if (const auto* rs = jget(*o, "rope_scaling"); rs && rs->IsObject()) {
+    std::string type = jstr(*rs, "rope_type", source, jstr(*rs, "type", source, ""));
+    if (type != "yarn") fail(source, ": key 'rope_scaling.type': only 'yarn' is supported, got '", type, "'");
+    RopeScaling r;
+    r.factor = jnum(*rs, "factor", source, r.factor);
+    r.original_max_position_embeddings = jint(*rs, "original_max_position_embeddings", source, r.original_max_position_embeddings);
+    r.beta_fast = jnum(*rs, "beta_fast", source, r.beta_fast);
+    r.beta_slow = jnum(*rs, "beta_slow", source, r.beta_slow);
+    r.mscale = jnum(*rs, "mscale", source, r.mscale);
+    r.mscale_all_dim = jnum(*rs, "mscale_all_dim", source, r.mscale_all_dim);
+    c.rope_scaling = r;
+  }
+  const std::int64_t k = jint(*o, "first_k_dense_replace", source, 0);
+  const std::int64_t freq = jint(*o, "moe_layer_freq", source, 1);
+  if (freq <= 0) fail(source, ": key 'moe_layer_freq': must be > 0, got ", freq);
+  for (std::int64_t i = 0; i < c.num_layers; ++i)
+    c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k && i % freq == 0 ? 1 : 0);
+  c.validate(source);
+  return c;
+}
+
+inline ModelConfig load_hf_config_json(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file.string(), ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return model_config_from_hf_json(ss.str(), file.string());
+}
+
+struct HfJsonOptions {
+  std::string dtype = "bfloat16";              // torch_dtype of the written weights
+  bool fp8_quantization_config = false;        // add DeepSeek's block-FP8 quantization_config
+  std::optional<std::string> scale_fmt;        // "ue8m0" for V3.1-style power-of-two scales
+  std::string transformers_version = "4.46.3";
+};
+
+// HF config.json for the model (DeepSeek-V3 schema, keys in a stable order). The HF layout needs
+// the MoE pattern to be "first k dense, then all MoE"; anything else is refused.
+inline std::string to_hf_config_json(const ModelConfig& c, const HfJsonOptions& o = {}) {
+  c.validate("model config");
+  const std::int64_t k = c.first_k_dense();
+  for (std::int64_t i = k; i < c.num_layers; ++i)
+    if (c.moe_layer_freq[static_cast<std::size_t>(i)] != 1)
+      fail("model config: key 'moe_layer_freq': layer ", i, " is dense after MoE layers; the HF DeepSeek-V3 config "
+           "(first_k_dense_replace) cannot express it");
+  if (c.moe_shared_expert_intermediate_size % (c.moe_ffn_hidden_size ? c.moe_ffn_hidden_size : 1) != 0)
+    fail("model config: key 'moe_shared_expert_intermediate_size': ", c.moe_shared_expert_intermediate_size,
+         " is not a multiple of moe_ffn_hidden_size ", c.moe_ffn_hidden_size, " (HF n_shared_experts)");
+  rapidjson::StringBuffer sb;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+  w.SetIndent(' ', 2);
+  w.StartObject();
+  w.Key("architectures"); w.StartArray(); w.String("DeepseekV3ForCausalLM"); w.EndArray();
+  w.Key("attention_bias"); w.Bool(false);
+  w.Key("attention_dropout"); w.Double(0.0);
+  w.Key("bos_token_id"); w.Int(0);
+  w.Key("eos_token_id"); w.Int(1);
+  w.Key("first_k_dense_replace"); w.Int64(k);
+  w.Key("hidden_act"); w.String("silu");
+  w.Key("hidden_size"); w.Int64(c.hidden_size);
+  w.Key("initializer_range"); w.Double(0.02);
+  w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
+  w.Key("kv_lora_rank"); w.Int64(c.kv_lora_rank);
+  w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
+  w.Key("model_type"); w.String("deepseek_v3");
+  w.Key("moe_intermediate_size"); w.Int64(c.moe_ffn_hidden_size);
+  w.Key("moe_layer_freq"); w.Int(1);
+  w.Key("n_group"); w.Int64(c.moe_router_num_groups);
+  w.Key("n_routed_experts"); w.Int64(c.num_experts);
+  w.Key("n_shared_experts"); w.Int64(c.moe_ffn_hidden_size ? c.moe_shared_expert_intermediate_size / c.moe_ffn_hidden_size : 0);
+  w.Key("norm_topk_prob"); w.Bool(true);
+  w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
+  w.Key("num_experts_per_tok"); w.Int64(c.moe_router_topk);
+  w.Key("num_hidden_layers"); w.Int64(c.num_layers);
+  w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
+  w.Key("num_nextn_predict_layers"); w.Int64(c.mtp_num_layers);
+  w.Key("q_lora_rank");
+  if (c.q_lora_rank > 0) w.Int64(c.q_lora_rank); else w.Null();
+  w.Key("qk_nope_head_dim"); w.Int64(c.qk_head_dim);
+  w.Key("qk_rope_head_dim"); w.Int64(c.qk_pos_emb_head_dim);
+  if (o.fp8_quantization_config) {
+    w.Key("quantization_config");
+    w.StartObject();
+    w.Key("activation_scheme"); w.String("dynamic");
+    w.Key("fmt"); w.String("e4m3");
+    w.Key("quant_method"); w.String("fp8");
+    if (o.scale_fmt) { w.Key("scale_fmt"); w.String(o.scale_fmt->c_str()); }
+    w.Key("weight_block_size"); w.StartArray(); w.Int(128); w.Int(128); w.EndArray();
+    w.EndObject();
+  }
+  w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
+  w.Key("rope_scaling");
+  if (c.rope_scaling) {
+    const auto& r = *c.rope_scaling;
+    w.StartObject();
+    w.Key("beta_fast"); w.Double(r.beta_fast);
+    w.Key("beta_slow"); w.Double(r.beta_slow);
+    w.Key("factor"); w.Double(r.factor);
+    w.Key("mscale"); w.Double(r.mscale);
+    w.Key("mscale_all_dim"); w.Double(r.mscale_all_dim);
+    w.Key("original_max_position_embeddings"); w.Int64(r.original_max_position_embeddings);
+    w.Key("type"); w.String("yarn");
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  w.Key("rope_theta"); w.Double(c.rotary_base);
+  w.Key("routed_scaling_factor"); w.Double(c.moe_router_topk_scaling_factor);
+  w.Key("scoring_func"); w.String(c.moe_router_score_function.c_str());
+  w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
+  w.Key("topk_group"); w.Int64(c.moe_router_group_topk);
+  w.Key("topk_method"); w.String(c.moe_router_enable_expert_bias ? "noaux_tc" : "greedy");
+  w.Key("torch_dtype"); w.String(o.dtype.c_str());
+  w.Key("transformers_version"); w.String(o.transformers_version.c_str());
+  w.Key("use_cache"); w.Bool(true);
+  w.Key("v_head_dim"); w.Int64(c.v_head_dim);
+  w.Key("vocab_size"); w.Int64(c.vocab_size);
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize()) + "\n";
+}
+
+// Compares the architecture fields that decide tensor shapes and layer kinds; the error names the
+// first differing key and both sources.
+inline void check_same_architecture(const ModelConfig& a, std::string_view src_a, const ModelConfig& b,
+                                    std::string_view src_b) {
+  auto eq = [&](const char* key, auto x, auto y) {
+    if (x != y) fail("config mismatch: key '", key, "' is ", x, " in ", src_a, " but ", y, " in ", src_b);
+  };
+  eq("num_layers", a.num_layers, b.num_layers);
+  eq("hidden_size", a.hidden_size, b.hidden_size);
+  eq("num_attention_heads", a.num_attention_heads, b.num_attention_heads);
+  eq("vocab_size", a.vocab_size, b.vocab_size);
+  eq("q_lora_rank", a.q_lora_rank, b.q_lora_rank);
+  eq("kv_lora_rank", a.kv_lora_rank, b.kv_lora_rank);
+  eq("qk_head_dim", a.qk_head_dim, b.qk_head_dim);
+  eq("qk_pos_emb_head_dim", a.qk_pos_emb_head_dim, b.qk_pos_emb_head_dim);
+  eq("v_head_dim", a.v_head_dim, b.v_head_dim);
+  eq("num_experts", a.num_experts, b.num_experts);
+  if (a.num_experts) {
+    eq("moe_ffn_hidden_size", a.moe_ffn_hidden_size, b.moe_ffn_hidden_size);
+    eq("moe_shared_expert_intermediate_size", a.moe_shared_expert_intermediate_size, b.moe_shared_expert_intermediate_size);
+  }
+  if (a.first_k_dense() > 0) eq("ffn_hidden_size", a.ffn_hidden_size, b.ffn_hidden_size);
+  for (std::size_t i = 0; i < a.moe_layer_freq.size(); ++i)
+    if (a.moe_layer_freq[i] != b.moe_layer_freq[i])
+      fail("config mismatch: key 'moe_layer_freq': layer ", i, " is ", a.moe_layer_freq[i] ? "MoE" : "dense", " in ",
+           src_a, " but ", b.moe_layer_freq[i] ? "MoE" : "dense", " in ", src_b);
+  eq("mtp_num_layers", a.mtp_num_layers, b.mtp_num_layers);
+  eq("untie_embeddings_and_output_weights", a.untie_embeddings_and_output_weights, b.untie_embeddings_and_output_weights);
+}
+
+}  // namespace ckbridge::config
