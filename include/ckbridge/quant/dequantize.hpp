@@ -29,7 +29,7 @@ void dequantize_cpu(TensorView<const e4m3_t, 2> q, TensorView<const float, 2> s,
     const std::int64_t r1 = std::min(m, (bi + 1) * kBlock), c0 = bj * kBlock, c1 = std::min(n, c0 + kBlock);
     for (std::int64_t r = bi * kBlock; r < r1; ++r) {
       if (q.stride(1) == 1 && y.stride(1) == 1) {
-        const std::uint8_t* in = &q(r, c0).bits;
+        const std::uint8_t* in = reinterpret_cast<const std::uint8_t*>(&q(r, c0));
         Out* out = &y(r, c0);
         for (std::int64_t j = 0; j < c1 - c0; ++j) {
           if constexpr (std::is_same_v<Out, float>) out[j] = dequant_f32(in[j], sc);

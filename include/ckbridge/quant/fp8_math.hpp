@@ -85,11 +85,18 @@ template <> struct Elem<f16_t> {
   CKB_HD_INLINE static std::uint32_t abs_bits(f16_t x) { return f32_bits(f16_bits_to_f32(x.bits)) & 0x7FFFFFFFu; }
 };
 
+// Branch-free select. Written with masks because GCC will not if-convert a ?: whose arms hold
+// floating-point operations (-ftrapping-math), which would keep the CPU loops scalar.
+CKB_HD_INLINE std::uint32_t sel(bool c, std::uint32_t a, std::uint32_t b) {
+  const std::uint32_t m = 0u - static_cast<std::uint32_t>(c);
+  return (a & m) | (b & ~m);
+}
+CKB_HD_INLINE std::uint32_t umax(std::uint32_t a, std::uint32_t b) { return a > b ? a : b; }
+
 CKB_HD_INLINE void accumulate(BlockStats& s, std::uint32_t abs_bits) {
   const bool nan = abs_bits > kF32Inf;
   s.has_nan |= nan;
-  const std::uint32_t v = nan ? 0u : abs_bits;
-  s.amax_bits = v > s.amax_bits ? v : s.amax_bits;
+  s.amax_bits = umax(s.amax_bits, sel(nan, 0u, abs_bits));
 }
 CKB_HD_INLINE BlockStats merge(BlockStats a, BlockStats b) {
   return {a.amax_bits > b.amax_bits ? a.amax_bits : b.amax_bits, a.has_nan || b.has_nan};
@@ -98,29 +105,28 @@ CKB_HD_INLINE BlockStats merge(BlockStats a, BlockStats b) {
 // ---- E4M3 casts, branch-free so that loops vectorise. Equal to f32_to_e4m3_sat / _c10 in
 // core/float_bits.hpp (tested), which are the readable definitions.
 CKB_HD_INLINE std::uint32_t e4m3_abs_code(std::uint32_t a) {
+  const bool small = a < 0x3C800000u;
   // normal range (|v| >= 2^-6): round the fp32 bits to 3 mantissa bits (RNE), rebias 127 -> 7
   const std::uint32_t norm = ((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
   // subnormal range: adding 2^14 puts the fp32 ulp at 2^-9 = the e4m3 subnormal step, so the
   // hardware add does the RNE (needs IEEE denormals: no FTZ / DAZ)
-  const std::uint32_t sub = f32_bits(f32_from_bits(a) + 16384.0f) - 0x46800000u;
-  return a < 0x3C800000u ? sub : norm;
+  const std::uint32_t sub = f32_bits(f32_from_bits(sel(small, a, 0u)) + 16384.0f) - 0x46800000u;
+  return sel(small, sub, norm);
 }
 // TE / cvt.rn.satfinite: |v| > 464 or Inf -> 448; NaN -> 0x7F (sign dropped, as the hardware).
 CKB_HD_INLINE std::uint8_t e4m3_sat(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
-  std::uint32_t c = e4m3_abs_code(a > 0x43E80000u ? 0u : a);
-  c = a > 0x43E80000u ? 0x7Eu : c;
-  c |= (u >> 24) & 0x80u;
-  return static_cast<std::uint8_t>(a > kF32Inf ? 0x7Fu : c);
+  const bool big = a > 0x43E80000u;
+  const std::uint32_t c = sel(big, 0x7Eu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
+  return static_cast<std::uint8_t>(sel(a > kF32Inf, 0x7Fu, c));
 }
 // PyTorch c10 cast on CUDA values: |v| > 464 or Inf -> 0x7F | sign; NaN is CUDA's canonical
 // positive NaN -> 0x7F.
 CKB_HD_INLINE std::uint8_t e4m3_c10_canon(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
-  std::uint32_t c = e4m3_abs_code(a > 0x43E80000u ? 0u : a);
-  c = a > 0x43E80000u ? 0x7Fu : c;
-  c |= (u >> 24) & 0x80u;
-  return static_cast<std::uint8_t>(a > kF32Inf ? 0x7Fu : c);
+  const bool big = a > 0x43E80000u;
+  const std::uint32_t c = sel(big, 0x7Fu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
+  return static_cast<std::uint8_t>(sel(a > kF32Inf, 0x7Fu, c));
 }
 
 // 2^e as float32: exact, subnormal down to 2^-149, 0 below, +Inf from 2^128 (torch.pow(2, e)).
@@ -258,17 +264,17 @@ namespace detail {
 // canonicalised by the callers).
 CKB_HD_INLINE float e4m3_to_f32_fast(std::uint32_t q) {
   const std::uint32_t sign = (q & 0x80u) << 24, a = q & 0x7Fu;
-  const float sub = static_cast<float>(a & 7u) * 0.001953125f;  // m * 2^-9, exact
+  const float sub = static_cast<float>(static_cast<std::int32_t>(a & 7u)) * 0.001953125f;  // m * 2^-9, exact
   const std::uint32_t norm = (a << 20) + (120u << 23);
-  const std::uint32_t mag = a == 0x7Fu ? 0x7FC00000u : (a >= 8u ? norm : f32_bits(sub));
+  const std::uint32_t mag = sel(a == 0x7Fu, 0x7FC00000u, sel(a >= 8u, norm, f32_bits(sub)));
   return f32_from_bits(mag | sign);
 }
 }  // namespace detail
 
 // y = RN(f32(q) * s); NaN -> 0x7FFFFFFF (CUDA's canonical NaN) so CPU and GPU agree bit for bit.
 CKB_HD_INLINE float dequant_f32(std::uint8_t q, float s) {
-  const float y = detail::mul_rn(detail::e4m3_to_f32_fast(q), s);
-  return y == y ? y : f32_from_bits(detail::kCanonicalNaN);
+  const std::uint32_t y = f32_bits(detail::mul_rn(detail::e4m3_to_f32_fast(q), s));
+  return f32_from_bits(detail::sel((y & 0x7FFFFFFFu) > detail::kF32Inf, detail::kCanonicalNaN, y));
 }
 CKB_HD_INLINE std::uint16_t dequant_bf16_bits(std::uint8_t q, float s) { return f32_to_bf16_bits(dequant_f32(q, s)); }
 

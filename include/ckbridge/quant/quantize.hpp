@@ -66,24 +66,23 @@ bool quantize_block_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t
   const bool dense = x.stride(1) == 1 && q.stride(1) == 1;
   BlockStats st;
   for (std::int64_t r = r0; r < r1; ++r) {
-    std::uint32_t mx = 0, nan = 0;
+    // two max-reductions (all abs bits, and non-NaN abs bits) vectorise; NaN iff the first > Inf
+    std::uint32_t mraw = 0, mx = 0;
     if (dense) {
       const T* row = &x(r, c0);
       for (std::int64_t j = 0; j < w; ++j) {
         const std::uint32_t a = E::abs_bits(row[j]);
-        nan |= a > kF32Inf ? 1u : 0u;
-        const std::uint32_t v = a > kF32Inf ? 0u : a;
-        mx = v > mx ? v : mx;
+        mraw = umax(mraw, a);
+        mx = umax(mx, sel(a > kF32Inf, 0u, a));
       }
     } else {
       for (std::int64_t j = c0; j < c1; ++j) {
         const std::uint32_t a = E::abs_bits(x(r, j));
-        nan |= a > kF32Inf ? 1u : 0u;
-        const std::uint32_t v = a > kF32Inf ? 0u : a;
-        mx = v > mx ? v : mx;
+        mraw = umax(mraw, a);
+        mx = umax(mx, sel(a > kF32Inf, 0u, a));
       }
     }
-    st = merge(st, BlockStats{mx, nan != 0});
+    st = merge(st, BlockStats{mx, mraw > kF32Inf});
   }
   const BlockScale bs = Method::block_scale(st, eps, pow2, E::vmax_bits);
   *scale_out = bs.scale_inv;
@@ -91,7 +90,7 @@ bool quantize_block_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t
     for (std::int64_t r = r0; r < r1; ++r) {
       if (dense) {
         const T* row = &x(r, c0);
-        std::uint8_t* out = &q(r, c0).bits;
+        std::uint8_t* out = reinterpret_cast<std::uint8_t*>(&q(r, c0));  // the whole row, not one member
         for (std::int64_t j = 0; j < w; ++j) out[j] = enc(mul_rn(E::to_f32(row[j]), bs.mul));
       } else {
         for (std::int64_t j = c0; j < c1; ++j) q(r, j).bits = enc(mul_rn(E::to_f32(x(r, j)), bs.mul));
