@@ -625,6 +625,10 @@ BOOST_AUTO_TEST_CASE(rank_file_contents) {
   BOOST_TEST((e->kind == ModelEntry::Kind::TeFp8Blockwise));
   const auto data = f.view(*e->fp8->rowwise_data).as<std::uint8_t, 2>();
   BOOST_TEST(data(127, 255) == 0x7e);
+  const auto tv = f.file->te_fp8_views(*e->fp8, "fp8");
+  BOOST_TEST(tv.data.shape == (Shape{128, 256}));
+  BOOST_TEST(tv.scale_inv.shape == (Shape{1, 4}));
+  BOOST_TEST((tv.scale_inv.dtype == DType::F32));
   BOOST_TEST((f.models[0].find("a._extra_state")->kind == ModelEntry::Kind::ExtraState));
   BOOST_TEST(f.models[0].find("a._extra_state")->tensor->numel() == 0);
   BOOST_TEST((f.models[0].find("b._extra_state")->kind == ModelEntry::Kind::ExtraState));

@@ -18,6 +18,7 @@
 #include <span>
 #include <system_error>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -66,6 +67,17 @@ public:
       fail(file_name(), ": ", what, " data at record '", t.storage.key, "' is not aligned to ", es,
            " bytes; copy it through storage_bytes()");
     return AnyConstView(p, *t.dtype, t.shape, t.strides);
+  }
+
+  // Zero-copy views of a TE blockwise FP8 tensor's rowwise data (uint8 [M, N]) and scale_inv
+  // (float32, padded columns included).
+  struct TeFp8Views {
+    AnyConstView data, scale_inv;
+  };
+  TeFp8Views te_fp8_views(const TeFp8BlockwiseRef& r, std::string_view what = "tensor") const {
+    if (!r.rowwise_data || !r.rowwise_scale_inv)
+      fail(file_name(), ": ", what, ": TE FP8 tensor has no rowwise data/scale_inv (columnwise-only is not supported)");
+    return {view(*r.rowwise_data, what), view(*r.rowwise_scale_inv, what)};
   }
 
 private:
@@ -228,10 +240,10 @@ struct ModelEntry {
 struct ModelStateDict {
   std::string key;                  // "model", "model0", ...
   std::vector<ModelEntry> entries;  // file order
+  std::unordered_map<std::string, std::size_t> index;  // name -> position in entries
   const ModelEntry* find(std::string_view name) const {
-    for (const auto& e : entries)
-      if (e.name == name) return &e;
-    return nullptr;
+    auto it = index.find(std::string(name));
+    return it == index.end() ? nullptr : &entries[it->second];
   }
 };
 
@@ -293,6 +305,7 @@ inline MegatronRankFile load_megatron_rank_file(const std::filesystem::path& pat
       } else if (v->is_none()) {
         e.kind = ModelEntry::Kind::None;
       }
+      if (!m.index.emplace(e.name, m.entries.size()).second) fail(fn, ": '", key, "' has the key '", e.name, "' twice");
       m.entries.push_back(std::move(e));
     }
     f.models.push_back(std::move(m));

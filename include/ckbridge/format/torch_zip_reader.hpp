@@ -160,7 +160,8 @@ private:
         break;
       }
     }
-    if (eocd == UINT64_MAX) fail(name_, ": no zip end-of-central-directory record (truncated file?)");
+    if (eocd == UINT64_MAX)
+      fail(name_, ": no zip end-of-central-directory record in the last ", size_ - scan_lo, " bytes (truncated file?)");
     const std::byte* e = data_ + eocd;
     std::uint64_t entries = detail::rd16(e + 10);
     std::uint64_t cd_size = detail::rd32(e + 12);
@@ -218,12 +219,13 @@ private:
         }
         q += 4u + len;
       }
-      if (rec.flags & 1) fail(name_, ": record '", rec.name, "' is encrypted");
+      if (rec.flags & 1) fail(name_, ": record '", rec.name, "' (central directory offset ", p, ") is encrypted");
       if (rec.method != 0)
-        fail(name_, ": record '", rec.name, "' is compressed (method ", rec.method,
+        fail(name_, ": record '", rec.name, "' (central directory offset ", p, ") is compressed (method ", rec.method,
              "); only stored records are supported, as torch.save writes them");
       if (csize != rec.size)
-        fail(name_, ": stored record '", rec.name, "' has compressed size ", csize, " != size ", rec.size);
+        fail(name_, ": stored record '", rec.name, "' (central directory offset ", p, ") has compressed size ", csize,
+             " != size ", rec.size);
       // 3. Local header: its own name/extra lengths locate the data.
       auto lh = at(rec.header_offset, 30, "local file header");
       if (detail::rd32(lh.data()) != 0x04034b50)
@@ -259,7 +261,8 @@ private:
         }
         rel = n.substr(prefix_.size() + 1);
       }
-      if (!by_name_.emplace(rel, i).second) fail(name_, ": duplicate record '", n, "'");
+      if (!by_name_.emplace(rel, i).second)
+        fail(name_, ": duplicate record '", n, "' (local header at offset ", records_[i].header_offset, ")");
     }
     if (opts.require_torch_layout) {
       if (has("constants.pkl")) fail(name_, ": TorchScript archive (constants.pkl) is not a torch.save checkpoint");
