@@ -58,8 +58,9 @@ void drop_from_page_cache(const fs::path& p) {
 
 double mib(std::size_t b) { return static_cast<double>(b) / (1 << 20); }
 
-// Writes every tensor of `src` into `out` with FileWriter, `threads` workers, `piece`-byte pieces.
-double write_copy(const st::File& src, const fs::path& out, unsigned threads, std::size_t piece) {
+// Writes every tensor of `src` into `out` with FileWriter, `threads` workers, `piece`-byte pieces;
+// from the mapping (write) or, with `src_fd` >= 0, by kernel copy (write_from_fd).
+double write_copy(const st::File& src, const fs::path& out, unsigned threads, std::size_t piece, int src_fd = -1) {
   std::vector<st::TensorSpec> specs;
   for (const auto& t : src.tensors()) specs.push_back({t.name, t.dtype, t.shape});
   const auto t0 = Clock::now();
@@ -76,8 +77,13 @@ double write_copy(const st::File& src, const fs::path& out, unsigned threads, st
   std::vector<std::thread> pool;
   for (unsigned i = 0; i < threads; ++i)
     pool.emplace_back([&] {
-      for (std::size_t k; (k = next.fetch_add(1)) < pieces.size();)
-        w.write(pieces[k].t->name, src.bytes(*pieces[k].t).subspan(pieces[k].off, pieces[k].len), pieces[k].off);
+      for (std::size_t k; (k = next.fetch_add(1)) < pieces.size();) {
+        const Piece& pc = pieces[k];
+        if (src_fd >= 0)
+          w.write_from_fd(pc.t->name, src_fd, src.file_offset(*pc.t) + pc.off, pc.len, pc.off);
+        else
+          w.write(pc.t->name, src.bytes(*pc.t).subspan(pc.off, pc.len), pc.off);
+      }
     });
   for (auto& t : pool) t.join();
   w.commit();  // includes fsync
@@ -158,7 +164,8 @@ int main(int argc, char** argv) {
     // system's block allocation and for writeback of earlier dirty pages.
     const std::string cmd = "cp " + shell_quote(shard) + " " + shell_quote(dir / "cp.safetensors") + " && sync " +
                             shell_quote(dir / "cp.safetensors");
-    double s1 = 1e30, sn = 1e30, scp = 1e30;
+    double s1 = 1e30, sn = 1e30, scp = 1e30, sk = 1e30;
+    const int src_fd = ::open(shard.c_str(), O_RDONLY | O_CLOEXEC);
     bool same = true;
     for (int rep = 0; rep < 2; ++rep) {
       const auto t_cp = Clock::now();
@@ -175,13 +182,23 @@ int main(int argc, char** argv) {
                std::equal(g.mapped().data(), g.mapped().data() + g.mapped().size(), f.mapped().data());
       }
       fs::remove(dir / "outn.safetensors");
+      sk = std::min(sk, write_copy(f, dir / "outk.safetensors", 1, 256 << 20, src_fd));
+      {
+        const st::File g(dir / "outk.safetensors");
+        same = same && g.mapped().size() == f.mapped().size() &&
+               std::equal(g.mapped().data(), g.mapped().data() + g.mapped().size(), f.mapped().data());
+      }
+      fs::remove(dir / "outk.safetensors");
     }
+    ::close(src_fd);
     const double fb = static_cast<double>(file_bytes);
     std::printf("(b) write %.1f MiB, each incl. fsync, best of 2:\n", mib(file_bytes));
     std::printf("    FileWriter 1 thread   : %.2f GB/s (%.2f s)\n", fb / s1 / 1e9, s1);
-    std::printf("    FileWriter %2u threads : %.2f GB/s (%.2f s)%s\n", hw, fb / sn / 1e9, sn, same ? ", output identical" : ", OUTPUT DIFFERS");
+    std::printf("    FileWriter %2u threads : %.2f GB/s (%.2f s)%s\n", hw, fb / sn / 1e9, sn, same ? ", outputs identical" : ", OUTPUT DIFFERS");
+    std::printf("    FileWriter kernel copy: %.2f GB/s (%.2f s) (write_from_fd, 1 thread)\n", fb / sk / 1e9, sk);
     std::printf("    cp + sync             : %.2f GB/s (%.2f s)\n", fb / scp / 1e9, scp);
-    std::printf("    ratio FileWriter/cp   : %.2f (1 thread), %.2f (%u threads)\n", scp / s1, scp / sn, hw);
+    std::printf("    ratio FileWriter/cp   : %.2f (1 thread), %.2f (%u threads), %.2f (kernel copy)\n", scp / s1, scp / sn,
+                hw, scp / sk);
     return same ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,5 +1,7 @@
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -190,6 +192,46 @@ BOOST_AUTO_TEST_CASE(round_trip_every_dtype_byte_identical) {
   std::int32_t first;
   std::memcpy(&first, data["t.I32"].data(), 4);
   BOOST_TEST(tv(0, 0) == first);
+}
+
+// Pass-through copies from another file: first halves in the kernel from the source file,
+// second halves from a memfd (another file system: the pread/pwrite fallback on kernels that
+// refuse cross-file-system copy_file_range).
+BOOST_AUTO_TEST_CASE(write_from_fd_passthrough) {
+  TempDir dir;
+  std::mt19937_64 rng(3);
+  const auto specs = all_dtype_specs();
+  const fs::path p1 = dir / "src.safetensors", p2 = dir / "dst.safetensors";
+  {
+    st::FileWriter w(p1, specs);
+    for (const auto& s : specs) w.write(s.name, random_bytes(st::byte_size(s), rng));
+    w.commit();
+  }
+  const std::string src_bytes = read_all(p1);
+  const int fd = ::open(p1.c_str(), O_RDONLY | O_CLOEXEC);
+  const int mfd = ::memfd_create("ckb_st_test", MFD_CLOEXEC);
+  BOOST_REQUIRE(fd >= 0 && mfd >= 0);
+  BOOST_REQUIRE(::pwrite(mfd, src_bytes.data(), src_bytes.size(), 0) == static_cast<ssize_t>(src_bytes.size()));
+  const st::File src(p1);
+  {
+    st::FileWriter w(p2, specs);
+    for (const auto& t : src.tensors()) {
+      const std::uint64_t half = t.size_bytes() / 2;
+      w.write_from_fd(t.name, fd, src.file_offset(t), half, 0);
+      w.write_from_fd(t.name, mfd, src.file_offset(t) + half, t.size_bytes() - half, half);
+    }
+    check_error([&] { w.write_from_fd("big", fd, 0, 1, 0); }, {p2.string(), "'big'", "overlap"});
+    check_error([&] { w.write_from_fd("big", fd, 0, 1 << 20, 0); }, {p2.string(), "'big'", "runs past"});
+    w.commit();
+  }
+  BOOST_TEST(read_all(p2) == src_bytes);
+  {
+    st::FileWriter w(p2, {{"x", DType::U8, {16}}});
+    check_error([&] { w.write_from_fd("x", fd, src_bytes.size() - 8, 16, 0); }, {"source ended early"});
+    check_error([&] { w.commit(); }, {p2.string(), "a write failed earlier"});
+  }
+  ::close(fd);
+  ::close(mfd);
 }
 
 BOOST_AUTO_TEST_CASE(strided_view_write) {

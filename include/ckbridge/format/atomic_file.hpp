@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstddef>
@@ -21,6 +22,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ckbridge/core/error.hpp"
 
@@ -90,6 +92,37 @@ public:
   }
   void pwrite(std::string_view s, std::uint64_t offset) const {
     pwrite(std::as_bytes(std::span<const char>(s.data(), s.size())), offset);
+  }
+
+  // Thread-safe: copies `len` bytes at `src_offset` of the open file `src_fd` to `offset`,
+  // inside the kernel where possible (copy_file_range: no pass through user memory, reflinks on
+  // file systems that share extents), else through a bounded buffer.
+  void copy_from(int src_fd, std::uint64_t src_offset, std::uint64_t len, std::uint64_t offset) const {
+    check_open();
+    auto in = static_cast<loff_t>(src_offset), out = static_cast<loff_t>(offset);
+    while (len > 0) {
+      const std::size_t chunk = len < (std::uint64_t{1} << 30) ? static_cast<std::size_t>(len) : (std::size_t{1} << 30);
+      const ssize_t n = ::copy_file_range(src_fd, &in, fd_, &out, chunk, 0);
+      if (n > 0) {
+        len -= static_cast<std::uint64_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) fail(tmp_.string(), ": source ended early while copying ", len, " more bytes from offset ", in);
+      // EXDEV (older kernels), ENOSYS, EINVAL, EOPNOTSUPP...: fall back to pread + pwrite
+      std::vector<std::byte> buf(std::min<std::uint64_t>(len, std::uint64_t{16} << 20));
+      while (len > 0) {
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf.size()));
+        const ssize_t r = ::pread(src_fd, buf.data(), want, in);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) fail(tmp_.string(), ": read of the copy source at offset ", in, " failed: ", std::strerror(errno));
+        if (r == 0) fail(tmp_.string(), ": source ended early while copying ", len, " more bytes from offset ", in);
+        pwrite(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(r)), static_cast<std::uint64_t>(out));
+        in += r;
+        out += r;
+        len -= static_cast<std::uint64_t>(r);
+      }
+    }
   }
 
   // fsync, rename to the final path, fsync the directory. After this the object is empty.

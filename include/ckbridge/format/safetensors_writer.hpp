@@ -67,6 +67,27 @@ public:
     }
   }
 
+  // Thread-safe. Copies `len` bytes at `src_offset` of the open file `src_fd` into tensor `name`
+  // at `offset_in_tensor`, inside the kernel where possible (for tensors passed through as they
+  // are, e.g. from a safetensors or torch.save input; see File::file_offset).
+  void write_from_fd(std::string_view name, int src_fd, std::uint64_t src_offset, std::uint64_t len,
+                     std::uint64_t offset_in_tensor = 0) {
+    const std::size_t i = slot(name);
+    const TensorInfo& t = layout_.tensors[i];
+    if (offset_in_tensor > t.size_bytes() || len > t.size_bytes() - offset_in_tensor)
+      fail(path().string(), ": tensor '", t.name, "': copy of ", len, " bytes at offset ", offset_in_tensor,
+           " runs past its ", t.size_bytes(), " bytes");
+    if (len == 0) return;
+    record(i, offset_in_tensor, offset_in_tensor + len);
+    try {
+      file_.copy_from(src_fd, src_offset, len, layout_.data_offset() + t.begin + offset_in_tensor);
+    } catch (...) {
+      std::lock_guard lk(mu_);
+      failed_ = true;
+      throw;
+    }
+  }
+
   // Writes a whole tensor from a view of the declared dtype and shape (strided views are
   // gathered into a contiguous buffer first).
   void write(std::string_view name, const AnyConstView& v) {
