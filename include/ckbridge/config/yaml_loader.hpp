@@ -285,10 +285,10 @@ private:
 
   std::optional<std::filesystem::path> find_group_option(const std::string& group, const std::string& option,
                                                          const std::filesystem::path& here) const {
-    if (option.size() > 5 && (option.ends_with(".yaml") || option.find('/') != std::string::npos)) {
+    // An option that names a file (override "group@pkg=path/to/model.yaml") is used as is.
+    if (option.ends_with(".yaml") || option.ends_with(".yml") || option.find('/') != std::string::npos) {
       std::filesystem::path f(option);
       if (std::filesystem::is_regular_file(f)) return std::filesystem::absolute(f);
-      return std::nullopt;
     }
     const bool absolute = !group.empty() && group[0] == '/';
     const std::string g = absolute ? group.substr(1) : group;

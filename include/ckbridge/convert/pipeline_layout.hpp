@@ -304,6 +304,18 @@ inline std::vector<int> num_layers_in_vp_map(int vpp, int num_layers, int pp, in
   return c;
 }
 
+// --num_layers_per_virtual_pipeline_stage n -> virtual stages per PP rank (LoongForge crashes on
+// this flag, B9; Megatron's rule: vpp = num_layers / pp / n, exact).
+inline int vpp_from_layers_per_virtual_stage(int num_layers, int pp, int layers_per_stage) {
+  if (pp <= 0 || layers_per_stage <= 0)
+    fail("--num_layers_per_virtual_pipeline_stage ", layers_per_stage, " with --pipeline_model_parallel_size ", pp,
+         ": both must be > 0");
+  if (num_layers % (pp * layers_per_stage) != 0)
+    fail("--num_layers_per_virtual_pipeline_stage ", layers_per_stage, ": num_layers ", num_layers,
+         " is not divisible by pipeline size x layers per virtual stage = ", pp * layers_per_stage);
+  return num_layers / (pp * layers_per_stage);
+}
+
 // Virtual partition index of virtual stage s on PP rank p.
 inline int virtual_partition(bool dualpipev, int s, int p, int pp) {
   if (dualpipev) return s == 0 ? p : pp * s + (pp - 1 - p);
