@@ -78,13 +78,13 @@ Value mixed() {
   d.set("bytes", Value::bytes(std::string("\x00\x01\x7f\x80\xff abc", 9)));
   d.set("nobytes", Value::bytes(""));
   Value big = Value::dict();
-  for (int i = 0; i < 1000; ++i) big.set("k" + std::to_string(i), i);
+  for (int i = 0; i < 1000; ++i) big.set(std::string("k").append(std::to_string(i)), i);
   d.set("dict1000", big);
   Value big1 = Value::dict();
-  for (int i = 0; i < 1001; ++i) big1.set("k" + std::to_string(i), i);
+  for (int i = 0; i < 1001; ++i) big1.set(std::string("k").append(std::to_string(i)), i);
   d.set("dict1001", big1);
   Value od = Value::ordered_dict();
-  for (int i = 0; i < 1001; ++i) od.set("o" + std::to_string(i), i * 2);
+  for (int i = 0; i < 1001; ++i) od.set(std::string("o").append(std::to_string(i)), i * 2);
   d.set("od1001", od);
   Value l = Value::list();
   for (int i = 0; i < 2001; ++i) l.append(i);

@@ -108,7 +108,12 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
   if (name.find('/') != std::string::npos)
     fail(sink.describe(), ": torch archive name '", name, "' must not contain '/' (torch reads one folder level)");
   const std::string pre = name + "/";
-  pickle::Pickled p = pickle::dumps(obj, opt.pickle);
+  pickle::Pickled p;
+  try {
+    p = pickle::dumps(obj, opt.pickle);
+  } catch (const Error& e) {
+    fail(sink.describe(), ": ", e.what());
+  }
 
   ZipWriter zw(sink, ZipWriter::Options{opt.alignment, opt.crc});
   zw.add_record(pre + "data.pkl", std::as_bytes(std::span<const std::uint8_t>(p.bytes)));
@@ -131,8 +136,18 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
     const std::string rec = pre + "data/" + std::to_string(k);
     zw.begin_record(rec, st.nbytes());
     try {
-      if (st.zeros) zw.write_zeros(st.nbytes());
-      else torch_save_detail::write_view(zw, st.source, bounce);
+      if (st.zeros) {
+        zw.write_zeros(st.nbytes());
+      } else if (st.produce) {
+        Tensor scratch;
+        const AnyConstView v = st.produce(scratch);
+        if (v.size_bytes() != st.nbytes())
+          fail("producer made ", v.size_bytes(), " bytes (", shape_str(v.shape), " ", safetensors_name(v.dtype),
+               "), the pickle declares ", st.nbytes());
+        torch_save_detail::write_view(zw, v, bounce);
+      } else {
+        torch_save_detail::write_view(zw, st.source, bounce);
+      }
     } catch (const Error& e) {
       fail(sink.describe(), ": writing storage record '", rec, "' (", shape_str(st.source.shape), " ",
            safetensors_name(st.dtype()), "): ", e.what());

@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "ckbridge/core/error.hpp"
@@ -208,8 +209,7 @@ public:
     if (open_) fail(sink_.describe(), ": zip record '", name, "' started while '", cur_.name, "' is still open");
     if (finished_) fail(sink_.describe(), ": zip record '", name, "' added after the archive was finished");
     if (name.empty() || name.size() > 0xFFFF) fail(sink_.describe(), ": invalid zip record name '", name, "'");
-    for (const auto& e : entries_)
-      if (e.name == name) fail(sink_.describe(), ": zip record '", name, "' written twice");
+    if (!names_.emplace(name).second) fail(sink_.describe(), ": zip record '", name, "' written twice");
     cur_ = Entry{std::string(name), 0, size, pos_};
     layout_ = zip_record_layout(pos_, name.size(), size, opt_.alignment);
     written_ = 0;
@@ -362,6 +362,7 @@ private:
   ByteSink& sink_;
   Options opt_;
   std::vector<Entry> entries_;
+  std::unordered_set<std::string> names_;
   Entry cur_;
   ZipRecordLayout layout_;
   std::uint64_t pos_ = 0, written_ = 0, crc_hash_ = 0;
