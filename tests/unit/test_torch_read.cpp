@@ -609,6 +609,15 @@ BOOST_AUTO_TEST_CASE(rank_file_contents) {
   q.b.pop_back();
   q.str("a._extra_state").tensor("ByteStorage", "2", 0, 0, {0}, {1});
   q.str("b._extra_state").op('N');
+  // TE 1.x: io.BytesIO holding a nested torch.save archive (of None here)
+  const std::string nested = make_zip(torch_entries("\x80\x02N."s, {}));
+  std::string latin;  // bytes as _codecs.encode(latin-1 text) does it
+  for (unsigned char c : nested) {
+    if (c < 0x80) latin += char(c);
+    else { latin += char(0xC0 | (c >> 6)); latin += char(0x80 | (c & 0x3F)); }
+  }
+  q.str("c._extra_state").global("_io", "BytesIO").op(')').raw("\x81").global("_codecs", "encode").str(latin).str("latin1");
+  q.op('\x86').op('R').i(0).op('N').op('\x87').op('b');
   q.op('u').str("model1").op('}').op('u');
   const auto zip = make_zip(torch_entries(q.done(), {{"0", std::string(128 * 256, '\x7e')}, {"1", std::string(16, '\0')}, {"2", ""}},
                                           "model_optim_rng"));
@@ -632,6 +641,12 @@ BOOST_AUTO_TEST_CASE(rank_file_contents) {
   BOOST_TEST((f.models[0].find("a._extra_state")->kind == ModelEntry::Kind::ExtraState));
   BOOST_TEST(f.models[0].find("a._extra_state")->tensor->numel() == 0);
   BOOST_TEST((f.models[0].find("b._extra_state")->kind == ModelEntry::Kind::ExtraState));
+  BOOST_TEST(!extra_state_bytes(f, *f.models[0].find("b._extra_state")).has_value());
+  BOOST_TEST(extra_state_bytes(f, *f.models[0].find("a._extra_state"))->size() == 0u);
+  const auto nested_bytes = *extra_state_bytes(f, *f.models[0].find("c._extra_state"));
+  BOOST_TEST(nested_bytes.size() == nested.size());
+  TorchFile inner(nested_bytes, "extra_state");
+  BOOST_TEST(inner.root()->is_none());
   // resolve two-number names from args: PP 1, EP 4 -> second number is EP
   MegatronCheckpointDir c;
   c.iter_dir = root;

@@ -323,6 +323,28 @@ inline MegatronRankFile load_megatron_rank_file(const std::filesystem::path& pat
   return f;
 }
 
+// Payload of a TE `_extra_state` entry: the uint8 tensor's bytes (TE >= 2.0: a pickle, protocol
+// 4/5, or empty) or the io.BytesIO buffer (TE 1.x: a nested torch.save archive, open it with
+// TorchFile(span, name)). nullopt for None. The span lives as long as `f`.
+inline std::optional<std::span<const std::byte>> extra_state_bytes(const MegatronRankFile& f, const ModelEntry& e) {
+  using pickle::Kind;
+  const pickle::Object& o = *e.object;
+  if (o.is_none()) return std::nullopt;
+  if (o.kind == Kind::Tensor) {
+    const auto& t = *o.tensor;
+    if (t.dtype != DType::U8 || t.shape.size() != 1 || (t.shape[0] > 1 && t.strides[0] != 1))
+      fail(f.file_name(), ": ", e.name, " is not a contiguous 1-D uint8 tensor");
+    return f.file->storage_bytes(t.storage).subspan(static_cast<std::size_t>(t.storage_offset),
+                                                     static_cast<std::size_t>(t.shape[0]));
+  }
+  if (o.kind == Kind::NewObj && o.callable->is_global("_io", "BytesIO") && o.state && o.state->kind == Kind::Tuple &&
+      !o.state->items.empty() && o.state->items[0]->kind == Kind::Bytes) {
+    const std::string& b = o.state->items[0]->s;
+    return std::span<const std::byte>(reinterpret_cast<const std::byte*>(b.data()), b.size());
+  }
+  fail(f.file_name(), ": ", e.name, " holds ", pickle::describe(o), ", not a TE extra state");
+}
+
 // Resolves two-number rank names with the parallel sizes stored in a rank file's args:
 // the second number is EP when pipeline_model_parallel_size is 1 and expert_model_parallel_size > 1.
 inline void resolve_rank_axes(MegatronCheckpointDir& c, const MegatronRankFile& any_rank) {
