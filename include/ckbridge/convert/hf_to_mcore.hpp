@@ -57,7 +57,7 @@ inline std::shared_ptr<LogicalSource> hf_source(const safetensors::Checkpoint& c
       const AnyConstView trimmed = s.slice(1, 0, quant::block_count(mn.n));
       src->pow2 = src->pow2 && quant::is_power_of_two(trimmed, mn.m, mn.n, sk);
       scales.push_back(trimmed);
-      src->fp8_pieces.push_back({src->data[i], trimmed});
+      src->fp8_pieces.push_back({parts[i], trimmed, region_map(layout::Box{src->data[i].origin, parts[i].shape})});
       plan.consume(sk);
       if (i + 1 < keys.size() && parts[i].shape[0] % quant::kBlock != 0) src->blocks_tile = false;
     }
@@ -71,7 +71,7 @@ inline std::shared_ptr<LogicalSource> hf_source(const safetensors::Checkpoint& c
     }
   } else {
     for (const auto& k : keys)
-      if (ck.contains(hf_scale_key(nm, k)))
+      if (k.size() >= 6 && k.compare(k.size() - 6, 6, "weight") == 0 && ck.contains(hf_scale_key(nm, k)))
         fail(ck.directory().string(), ": tensor '", k, "' is ", p0.dtype, " but has an FP8 scale '", hf_scale_key(nm, k),
              "'");
   }

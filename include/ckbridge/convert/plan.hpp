@@ -82,6 +82,7 @@ struct Plan {
   std::map<std::string, int> consumed;
   std::vector<std::string> notes;  // decisions worth telling the user (deviations, requantization)
   std::uint64_t source_bytes = 0;
+  std::vector<std::shared_ptr<const void>> keep_alive;  // source files the producers read from
 
   void consume(const std::string& name) { ++consumed[name]; }
 

@@ -17,6 +17,15 @@
 
 namespace ckbridge::convert {
 
+// A target covering the box `region` of the full tensor (HF outputs: a whole tensor or one part).
+inline layout::ShardMap region_map(const layout::Box& region) {
+  layout::ShardMap m;
+  m.shard_shape = region.extent;
+  m.concat_dim = 0;
+  m.pieces.push_back(layout::Piece{region, Shape(region.rank(), 0)});
+  return m;
+}
+
 // One logical full tensor as the source holds it.
 struct LogicalSource {
   std::string name;           // for messages
@@ -29,7 +38,14 @@ struct LogicalSource {
   std::vector<Placed> scale;
   bool pow2 = false;               // every meaningful scale is a power of two
   bool blocks_tile = true;         // the pieces' scales tile the full tensor's block grid
-  std::vector<std::pair<Placed, AnyConstView>> fp8_pieces;  // (data piece, its own scale) for dequantization
+  // Each stored FP8 tensor with its own scales and the map placing it in the full tensor (an HF
+  // part: a region; an MCore shard: its layout map), for the dequantization paths.
+  struct Fp8Piece {
+    AnyConstView data;   // F8_E4M3
+    AnyConstView scale;  // F32, [ceil(m/128), >= ceil(n/128)]
+    layout::ShardMap map;
+  };
+  std::vector<Fp8Piece> fp8_pieces;
 };
 
 // FP8 settings for producers.
@@ -63,11 +79,9 @@ inline std::int64_t cols_of(const Shape& s) { return s.empty() ? 1 : s.back(); }
 // The full tensor dequantized (piece by piece with each piece's own scales).
 inline Tensor dequantize_full(const LogicalSource& src, DType out) {
   Tensor full(out, src.full);
-  for (const auto& [placed, scale] : src.fp8_pieces) {
-    Tensor part = quant::dequantize(placed.view, scale, out, {.name = src.name});
-    gather(src.name, {Placed{part.cview(), Shape(src.full.size(), 0)}},
-           layout::Box{Shape(src.full.size(), 0), part.shape()},
-           layout::detail::sub(full.view(), layout::Box{placed.origin, placed.view.shape}));
+  for (const auto& p : src.fp8_pieces) {
+    const Tensor part = quant::dequantize(p.data, p.scale, out, {.name = src.name});
+    layout::copy_from_shard(src.name, p.map, part.cview(), full.view());
   }
   return full;
 }
@@ -194,13 +208,5 @@ inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layou
   return e;
 }
 
-// A target covering the box `region` of the full tensor (HF outputs: a whole tensor or one part).
-inline layout::ShardMap region_map(const layout::Box& region) {
-  layout::ShardMap m;
-  m.shard_shape = region.extent;
-  m.concat_dim = 0;
-  m.pieces.push_back(layout::Piece{region, Shape(region.rank(), 0)});
-  return m;
-}
 
 }  // namespace ckbridge::convert

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +38,9 @@ struct Storage {
   AnyConstView source;
   std::shared_ptr<const void> owner;
   bool zeros = false;  // all-zero contents, no memory behind `source` (written sparse to files)
+  // Lazy storage: the bytes are made when the record is written (a converter's producer fills
+  // `scratch` or returns a view of source memory); `source` then only declares dtype and size.
+  std::function<AnyConstView(Tensor& scratch)> produce;
 
   DType dtype() const { return source.dtype; }
   std::int64_t numel() const { return source.numel(); }
@@ -99,6 +103,10 @@ public:
   // A contiguous tensor whose storage is exactly `v`'s elements (v itself may be strided).
   static Value tensor(AnyConstView v, std::shared_ptr<const void> owner = {});
   static Value tensor(Tensor t);  // takes ownership
+  // A contiguous tensor whose storage bytes `produce` makes at write time (bounded memory: only
+  // one storage's bytes exist at once). The view it returns must hold numel(shape) elements of
+  // `dtype`'s size.
+  static Value lazy_tensor(DType dtype, Shape shape, std::function<AnyConstView(Tensor& scratch)> produce);
 
   // ---- mutation while building (dicts, OrderedDicts, lists); not allowed once shared into a
   // finished tree that is being written.
@@ -239,11 +247,27 @@ inline std::shared_ptr<const Storage> Value::make_storage(AnyConstView source, s
   for (auto e : source.shape)
     if (e < 0) fail("pickle: negative extent in storage shape ", shape_str(source.shape));
   if (!source.data && source.numel() > 0) fail("pickle: storage of shape ", shape_str(source.shape), " has no data");
-  return std::make_shared<const Storage>(Storage{std::move(source), std::move(owner), false});
+  auto st = std::make_shared<Storage>();
+  st->source = std::move(source);
+  st->owner = std::move(owner);
+  return st;
+}
+inline Value Value::lazy_tensor(DType dtype, Shape shape, std::function<AnyConstView(Tensor& scratch)> produce) {
+  if (!produce) fail("pickle: lazy tensor of shape ", shape_str(shape), " without a producer");
+  for (auto e : shape)
+    if (e < 0) fail("pickle: negative extent in tensor shape ", shape_str(shape));
+  auto st = std::make_shared<Storage>();
+  st->source = AnyConstView(nullptr, dtype, Shape{ckbridge::numel(shape)});
+  st->produce = std::move(produce);
+  Shape strides = contiguous_strides(shape);
+  return tensor(std::move(st), 0, std::move(shape), std::move(strides));
 }
 inline std::shared_ptr<const Storage> Value::zero_storage(DType dtype, std::int64_t numel) {
   if (numel < 0) fail("pickle: negative zero-storage size ", numel);
-  return std::make_shared<const Storage>(Storage{AnyConstView(nullptr, dtype, Shape{numel}), {}, true});
+  auto st = std::make_shared<Storage>();
+  st->source = AnyConstView(nullptr, dtype, Shape{numel});
+  st->zeros = true;
+  return st;
 }
 inline Value Value::tensor(std::shared_ptr<const Storage> storage, std::int64_t offset, Shape shape, Shape strides) {
   if (!storage) fail("pickle: tensor without storage");

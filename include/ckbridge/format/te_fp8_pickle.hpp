@@ -137,10 +137,38 @@ inline pickle::Value te_fp8_quantizer(const TeQuantizerConfig& q, TeVersion v, c
   return Value::newobj(Value::global(te_detail::kModule, "Float8BlockQuantizer"), Value::tuple(), st);
 }
 
+// The TE object from already-built tensor values: `data` a uint8 [M, N] tensor, `scale_inv` a float32
+// [ceil(M/128), roundup(ceil(N/128), 4)] tensor (lazy tensors allowed: bytes made at write time).
+inline pickle::Value te_fp8_blockwise_value(const Shape& shape, pickle::Value data, pickle::Value scale_inv,
+                                            DType fake_dtype, const TeQuantizerConfig& quantizer, TeVersion v = {}) {
+  using pickle::Value;
+  const TeForm f = te_form(v);
+  const Value fp8 = te_detail::e4m3_enum(f, v.intenum_by_name);
+  const Value quant = te_fp8_quantizer(quantizer, v, fp8);
+  std::vector<Value> args{Value::torch_size(shape),
+                          std::move(data),
+                          std::move(scale_inv),
+                          Value(),
+                          Value(),
+                          fp8,
+                          Value::dtype(fake_dtype),
+                          quant,
+                          true};
+  if (f == TeForm::V2_5_to_2_11) args.push_back(te_detail::gemm_ready());
+  else if (f >= TeForm::V2_12_to_2_15) args.push_back(Value());
+
+  Value rebuild = f >= TeForm::V2_16
+                      ? Value::global(te_detail::kModule, "_make_float8_blockwise_tensor_in_reduce_ex")
+                      : Value::reduce(Value::global("builtins", "getattr"),
+                                      Value::tuple({Value::global(te_detail::kModule, "Float8BlockwiseQTensor"),
+                                                    te_detail::shared_str("_make_in_reduce_ex")}));
+  return Value::reduce(rebuild, Value::tuple(std::move(args)));
+}
+
 // `name` is only used in error messages.
 inline pickle::Value te_fp8_blockwise_tensor(const TeFp8Tensor& t, TeVersion v = {}, const std::string& name = "") {
   using pickle::Value;
-  const TeForm f = te_form(v);
+  te_form(v);  // rejects TE versions without blockwise FP8 up front
   const std::string what = name.empty() ? std::string("TE FP8 tensor") : "TE FP8 tensor '" + name + "'";
   if (t.data.dtype != DType::F8_E4M3 && t.data.dtype != DType::U8)
     fail(what, ": data must be F8_E4M3 or U8 codes, got ", safetensors_name(t.data.dtype));
@@ -163,27 +191,8 @@ inline pickle::Value te_fp8_blockwise_tensor(const TeFp8Tensor& t, TeVersion v =
 
   AnyConstView codes = t.data;
   codes.dtype = DType::U8;  // TE keeps the E4M3 bits in a uint8 tensor
-  const Value fp8 = te_detail::e4m3_enum(f, v.intenum_by_name);
-  const Value quant = te_fp8_quantizer(t.quantizer, v, fp8);
-
-  std::vector<Value> args{Value::torch_size(t.data.shape),
-                          Value::tensor(codes, t.owner),
-                          Value::tensor(std::move(scale)),
-                          Value(),
-                          Value(),
-                          fp8,
-                          Value::dtype(t.fake_dtype),
-                          quant,
-                          true};
-  if (f == TeForm::V2_5_to_2_11) args.push_back(te_detail::gemm_ready());
-  else if (f >= TeForm::V2_12_to_2_15) args.push_back(Value());
-
-  Value rebuild = f >= TeForm::V2_16
-                      ? Value::global(te_detail::kModule, "_make_float8_blockwise_tensor_in_reduce_ex")
-                      : Value::reduce(Value::global("builtins", "getattr"),
-                                      Value::tuple({Value::global(te_detail::kModule, "Float8BlockwiseQTensor"),
-                                                    te_detail::shared_str("_make_in_reduce_ex")}));
-  return Value::reduce(rebuild, Value::tuple(std::move(args)));
+  return te_fp8_blockwise_value(t.data.shape, Value::tensor(codes, t.owner), Value::tensor(std::move(scale)),
+                                t.fake_dtype, t.quantizer, v);
 }
 
 }  // namespace ckbridge::format

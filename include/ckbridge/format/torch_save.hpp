@@ -21,6 +21,7 @@
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/copy.hpp"
 #include "ckbridge/core/error.hpp"
+#include "ckbridge/core/tensor.hpp"
 #include "ckbridge/format/pickle_writer.hpp"
 #include "ckbridge/format/zip_writer.hpp"
 
@@ -141,7 +142,7 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
       } else if (st.produce) {
         Tensor scratch;
         const AnyConstView v = st.produce(scratch);
-        if (v.size_bytes() != st.nbytes())
+        if (v.size_bytes() != st.nbytes() || (v.numel() > 0 && !v.data))
           fail("producer made ", v.size_bytes(), " bytes (", shape_str(v.shape), " ", safetensors_name(v.dtype),
                "), the pickle declares ", st.nbytes());
         torch_save_detail::write_view(zw, v, bounce);

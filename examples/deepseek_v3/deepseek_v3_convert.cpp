@@ -1,0 +1,243 @@
+// deepseek_v3_convert: HF <-> Megatron-Core checkpoint conversion for DeepSeek V3 / V3.1 (and any
+// model of that architecture, sized by the model YAML). Accepts LoongForge's flags with the same
+// names and meanings, so its example scripts run with only the program name changed.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <set>
+#include <string>
+
+#include "ckbridge/config/convert_config.hpp"
+#include "ckbridge/convert/executor.hpp"
+#include "ckbridge/convert/from_config.hpp"
+#include "ckbridge/convert/hf_to_mcore.hpp"
+#include "ckbridge/convert/mcore_to_hf.hpp"
+#include "ckbridge/convert/mcore_writer.hpp"
+#include "ckbridge/format/safetensors_checkpoint.hpp"
+#include "ckbridge/model/deepseek_v3.hpp"
+
+using namespace ckbridge;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Flags {
+  std::string load_platform, save_platform, config_file, convert_file, load_ckpt_path, save_ckpt_path;
+  int tp = 1, pp = 1, max_workers = 1;
+  std::optional<int> ep, etp, mtp_num_layers, vpp, first, last;
+  std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
+  bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
+  bool dry_run = false, dequantize_fp8 = false, quiet = false;
+  float amax_epsilon = 0.0f;
+  std::string quant_method = "te", force_pow_2_scales = "unset", torch_dtype = "bfloat16";
+  std::int64_t make_vocab_size_divisible_by = 128, pad_vocab_size_to = 0;
+  std::optional<std::int64_t> vocab_size;
+  std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
+  std::string megatron_path;
+};
+
+std::uint64_t parse_size(const std::string& s, const char* flag) {
+  std::size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (...) {
+    fail(flag, ": cannot parse size '", s, "'");
+  }
+  const std::string u = s.substr(pos);
+  if (u == "KB") v *= 1e3;
+  else if (u == "MB") v *= 1e6;
+  else if (u == "GB") v *= 1e9;
+  else if (!u.empty() && u != "B") fail(flag, ": unknown unit '", u, "' in '", s, "' (use B, KB, MB or GB)");
+  if (v < 1) fail(flag, ": size must be positive, got '", s, "'");
+  return static_cast<std::uint64_t>(v);
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "bfloat16" || s == "bf16") return DType::BF16;
+  if (s == "float16" || s == "fp16") return DType::F16;
+  if (s == "float32" || s == "fp32") return DType::F32;
+  fail("--torch_dtype: expected bfloat16, float16 or float32, got '", s, "'");
+}
+
+format::TeVersion parse_te(const std::string& s) {
+  format::TeVersion v;
+  if (std::sscanf(s.c_str(), "%d.%d", &v.major, &v.minor) != 2 || v.major != 2 || v.minor < 3)
+    fail("--te_version: expected 2.<minor> with minor >= 3 (blockwise FP8 appeared in TE 2.3), got '", s, "'");
+  return v;
+}
+
+// Refuses an output directory that already holds files (a different checkpoint, or a partial
+// run): nothing already there is overwritten.
+void check_output_dir(const fs::path& out) {
+  if (!fs::exists(out)) return;
+  if (!fs::is_directory(out)) fail("--save_ckpt_path ", out.string(), ": exists and is not a directory");
+  if (!fs::is_empty(out))
+    fail("--save_ckpt_path ", out.string(),
+         ": directory is not empty (it already holds a checkpoint or other files); choose a new directory");
+}
+
+void print_plan(const convert::Plan& plan, int workers) {
+  std::size_t fp8 = 0, requant = 0, quant = 0, zero_copy = 0, entries = 0;
+  for (const auto& f : plan.files)
+    for (const auto& e : f.entries) {
+      if (e.kind == convert::EntryKind::None) continue;
+      ++entries;
+      if (e.kind == convert::EntryKind::Fp8 || e.data.dtype == DType::F8_E4M3) ++fp8;
+      if (e.how == "fp8 requantize") ++requant;
+      if (e.how == "quantize") ++quant;
+      if (e.data.scratch_bytes == 0) ++zero_copy;
+    }
+  std::printf("plan: %zu output files, %zu tensors (%zu FP8; %zu quantized, %zu re-quantized; %zu zero-copy)\n",
+              plan.files.size(), entries, fp8, quant, requant, zero_copy);
+  std::printf("plan: source %.3f GB, output %.3f GB, peak working memory %.1f MB with --max_workers %d\n",
+              double(plan.source_bytes) / 1e9, double(plan.output_bytes()) / 1e9,
+              double(plan.peak_memory(workers)) / 1e6, workers);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ckbridge DeepSeek V3 checkpoint converter (HuggingFace <-> Megatron-Core), LoongForge-compatible flags"};
+  app.option_defaults()->always_capture_default();
+  Flags f;
+  // ---- LoongForge's checkpoint group
+  app.add_option("--load_platform", f.load_platform, "source format")->required()->check(CLI::IsMember({"huggingface", "mcore"}));
+  app.add_option("--save_platform", f.save_platform, "target format")->required()->check(CLI::IsMember({"huggingface", "mcore"}));
+  app.add_option("--config_file", f.config_file, "model YAML (LoongForge schema), e.g. configs/deepseek_v3/deepseek_v3.yaml")->required();
+  app.add_option("--convert_file", f.convert_file, "convert YAML (name map)")->required();
+  app.add_option("--load_ckpt_path", f.load_ckpt_path, "HF directory, or MCore checkpoint root / iteration directory")->required();
+  app.add_option("--save_ckpt_path", f.save_ckpt_path, "output directory (must be new or empty)")->required();
+  app.add_option("--megatron_path", f.megatron_path, "accepted for compatibility; ckbridge needs no Megatron sources");
+  app.add_flag("--safetensors", f.safetensors, "read HF safetensors (the only HF input format ckbridge reads)");
+  app.add_flag("--convert_to_fp8", f.convert_to_fp8, "quantize FP8-capable weights of a BF16 source (both directions)");
+  app.add_option("--quant_method", f.quant_method, "FP8 quantizer semantics")->check(CLI::IsMember({"te", "pt"}));
+  app.add_flag("--fp8_force_no_requant", f.fp8_force_no_requant, "never re-quantize FP8 (error if blocks do not align)");
+  app.add_flag("--force_pow_2_scales{true}", f.force_pow_2_scales,
+               "scale kind of FP8 outputs: not given = keep the source's (BF16 source: power of two); "
+               "given = power of two; =false = linear");
+  app.add_option("--amax_epsilon", f.amax_epsilon, "amax floor for quantization (stored in TE quantizers)");
+  app.add_option("--mtp_num_layers", f.mtp_num_layers, "override the model's MTP layer count (0 disables MTP)");
+  // ---- common group
+  app.add_option("--torch_dtype", f.torch_dtype, "dtype of dequantized weights and of TE FP8 tensors' fake dtype");
+  app.add_option("--vocab_size", f.vocab_size, "override the unpadded vocabulary size");
+  app.add_option("--num-virtual-stages-per-pipeline-rank,--num_virtual_stages_per_pipeline_rank", f.vpp, "virtual pipeline stages");
+  app.add_option("--vpp-scheduler,--vpp_scheduler", f.vpp_scheduler, "dualpipev: DualPipeV stage order")->check(CLI::IsMember({"dualpipev"}));
+  app.add_option("--decoder-first-pipeline-num-layers,--decoder_first_pipeline_num_layers", f.first, "layers of the first stage");
+  app.add_option("--decoder-last-pipeline-num-layers,--decoder_last_pipeline_num_layers", f.last, "layers of the last stage");
+  // ---- megatron group
+  app.add_option("--tensor_model_parallel_size", f.tp, "TP size")->check(CLI::PositiveNumber);
+  app.add_option("--pipeline_model_parallel_size", f.pp, "PP size")->check(CLI::PositiveNumber);
+  app.add_option("--expert_parallel_size", f.ep, "EP size (MoE models; default 1)");
+  app.add_option("--expert_tensor_parallel_size", f.etp, "expert TP size (default: TP size)");
+  app.add_option("--custom_pipeline_layers", f.custom_pipeline_layers, "decoder layers per (virtual) stage, e.g. 8,7,8,8,8,8,8,6");
+  app.add_option("--pipeline_model_parallel_layout", f.pipeline_layout, "Megatron layout string, e.g. 'Et*2|t*2m L'");
+  app.add_option("--make_vocab_size_divisible_by", f.make_vocab_size_divisible_by, "vocab padding granularity per TP rank");
+  app.add_option("--pad_vocab_size_to", f.pad_vocab_size_to, "explicit padded vocabulary size");
+  app.add_option("--max_workers", f.max_workers, "files written in parallel")->check(CLI::PositiveNumber);
+  app.add_flag("--moe-grouped-gemm,--moe_grouped_gemm", f.grouped_gemm, "expert names weight<i> (TEGroupedMLP) instead of local_experts.<i>");
+  // ---- ckbridge
+  app.add_flag("--dry-run,--dry_run", f.dry_run, "print the plan (files, bytes, peak memory) and write nothing");
+  app.add_option("--device", f.device, "FP8 quantization device")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--te_version", f.te_version, "TransformerEngine version whose FP8 pickle form to write (2.3 ... 2.17+)");
+  app.add_flag("--dequantize_fp8", f.dequantize_fp8, "write FP8 weights of the source as --torch_dtype instead");
+  app.add_option("--hf_max_shard_size", f.hf_max_shard_size, "HF output shard size (e.g. 5GB)");
+  app.add_flag("-q,--quiet", f.quiet, "no progress output");
+  // LoongForge flags with no effect here: accepted, reported, ignored.
+  std::vector<std::string> ignored_values;
+  bool ignored_flag = false;
+  for (const char* name : {"--no_load_optim", "--no_save_optim", "--distributed_convert", "--pretrain_as_fp8",
+                           "--use_distributed_optimizer", "--no-te", "--resume-convert", "--moe_grouped_gemm_legacy"})
+    app.add_flag(name, ignored_flag, "accepted for LoongForge compatibility; no effect")->group("Ignored");
+  for (const char* name : {"--fp8_quant_transfer_type", "--data_parallel_size", "--transformer_impl", "--num_experts",
+                           "--checkpoint-format", "--hf_checkpoint_device", "--add_embedding_padding",
+                           "--model_type_custom"})
+    app.add_option(name, ignored_values, "accepted for LoongForge compatibility; no effect")->group("Ignored");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    for (const char* name : {"--no_load_optim", "--no_save_optim", "--distributed_convert", "--pretrain_as_fp8",
+                             "--use_distributed_optimizer", "--no-te", "--resume-convert", "--fp8_quant_transfer_type",
+                             "--data_parallel_size", "--transformer_impl", "--num_experts", "--checkpoint-format",
+                             "--hf_checkpoint_device", "--add_embedding_padding", "--model_type_custom",
+                             "--megatron_path"})
+      if (app.count(name)) std::fprintf(stderr, "note: %s has no effect in ckbridge (ignored)\n", name);
+    if (f.load_platform == f.save_platform)
+      fail("--load_platform and --save_platform are both '", f.load_platform,
+           "': MCore -> MCore resharding is not available in this version");
+    if (f.load_platform == "huggingface" && !f.safetensors)
+      std::fprintf(stderr, "note: reading HF safetensors (ckbridge does not read pytorch_model.bin)\n");
+
+    const auto cfg = config::load_loongforge_configs(f.config_file, f.convert_file);
+    const convert::NameMap nm = convert::name_map_from(cfg.convert);
+    config::ModelConfig mc = cfg.model;
+    if (f.mtp_num_layers) mc.mtp_num_layers = *f.mtp_num_layers;
+    if (f.vocab_size) mc.vocab_size = *f.vocab_size;
+    convert::ModelShape shape = convert::model_shape_from(mc);
+    shape.expected_shape = [mc](std::string_view c) { return model::DeepSeekV3::full_shape(c, mc); };
+    if (shape.num_experts > 0 && !f.ep)
+      std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
+
+    convert::ConvertOptions o;
+    o.tp = f.tp;
+    o.ep = f.ep.value_or(1);
+    o.etp = f.etp;
+    o.grouped_gemm = f.grouped_gemm;
+    o.pipeline.pp = f.pp;
+    o.pipeline.vpp = f.vpp.value_or(1);
+    o.pipeline.dualpipev = f.vpp_scheduler == "dualpipev";
+    o.pipeline.first = f.first;
+    o.pipeline.last = f.last;
+    if (!f.custom_pipeline_layers.empty()) o.pipeline.custom = convert::parse_custom_pipeline_layers(f.custom_pipeline_layers);
+    if (!f.pipeline_layout.empty()) o.pipeline.layout = f.pipeline_layout;
+    o.make_vocab_size_divisible_by = f.make_vocab_size_divisible_by;
+    o.pad_vocab_size_to = f.pad_vocab_size_to;
+    o.convert_to_fp8 = f.convert_to_fp8;
+    if (f.force_pow_2_scales == "true") o.force_pow_2_scales = true;
+    else if (f.force_pow_2_scales == "false") o.force_pow_2_scales = false;
+    else if (f.force_pow_2_scales != "unset")
+      fail("--force_pow_2_scales: expected no value, =true or =false, got '", f.force_pow_2_scales, "'");
+    o.amax_epsilon = f.amax_epsilon;
+    o.quant_method = quant::method_from_string(f.quant_method);
+    o.fp8_force_no_requant = f.fp8_force_no_requant;
+    o.dequantize_fp8 = f.dequantize_fp8;
+    o.device = f.device == "cpu" ? quant::Device::Cpu : f.device == "cuda" ? quant::Device::Cuda : quant::Device::Auto;
+    o.torch_dtype = parse_dtype(f.torch_dtype);
+    o.hf_max_shard_bytes = parse_size(f.hf_max_shard_size, "--hf_max_shard_size");
+    o.max_workers = f.max_workers;
+    const format::TeVersion te = parse_te(f.te_version);
+
+    const fs::path out(f.save_ckpt_path);
+    convert::Plan plan;
+    std::unique_ptr<safetensors::Checkpoint> hf;
+    std::unique_ptr<convert::McoreCheckpoint> mcore;
+    if (f.load_platform == "huggingface") {
+      hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
+      plan = convert::plan_hf_to_mcore<model::DeepSeekV3>(*hf, nm, shape, o);
+    } else {
+      fs::path src(f.load_ckpt_path);
+      // LoongForge takes the iteration directory (.../release); accept it and its parent.
+      if (!fs::exists(src / "latest_checkpointed_iteration.txt") && fs::exists(src.parent_path() / "latest_checkpointed_iteration.txt"))
+        src = src.parent_path();
+      mcore = std::make_unique<convert::McoreCheckpoint>(src);
+      plan = convert::plan_mcore_to_hf<model::DeepSeekV3>(*mcore, nm, shape, mc, o);
+    }
+    print_plan(plan, o.max_workers);
+    for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
+    if (f.dry_run) return 0;
+    check_output_dir(out);
+    convert::McoreWriteOptions mo;
+    mo.te = te;
+    mo.fake_dtype = o.torch_dtype;
+    mo.amax_epsilon = o.amax_epsilon;
+    const auto res = convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet);
+    std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
+                res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,198 @@
+#pragma once
+// Plans MCore (legacy torch checkpoint) -> HF (safetensors): every parameter instance is
+// assembled from its TP shards (views into the memory-mapped rank files), merged by the inverse
+// of its layout map, and written under its HF name in the canonical HF layout, keeping FP8 data
+// and scales without re-quantization where the blocks allow it.
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ckbridge/config/model_config.hpp"
+#include "ckbridge/convert/hf_files.hpp"
+#include "ckbridge/convert/hf_layout.hpp"
+#include "ckbridge/convert/hf_to_mcore.hpp"
+#include "ckbridge/convert/mcore_source.hpp"
+
+namespace ckbridge::convert {
+
+template <class Model>
+Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const config::ModelConfig& mc,
+                      const ConvertOptions& o) {
+  shape.validate();
+  if (!shape.expected_shape) fail("plan_mcore_to_hf: the model shape has no shape rule");
+  Plan plan;
+  PipelineOptions po = o.pipeline;
+  po.num_layers = shape.num_layers;
+  po.mtp_num_layers = shape.mtp_num_layers;
+  const PipelinePlan pp(po);
+  const ParallelOptions par{o.tp, po.pp, shape.num_experts > 0 ? o.ep : 1, o.etp, shape.num_experts};
+  const McoreFileLayout files(par);
+
+  // The checkpoint must have exactly the files this layout implies.
+  {
+    std::set<std::string> want, have;
+    for (const auto& f : files.all_files()) want.insert(f.dir);
+    for (const auto& r : ck.dir().ranks) have.insert(r.name);
+    if (want != have) {
+      std::string w, h;
+      for (const auto& s : want) w += (w.empty() ? "" : " ") + s;
+      for (const auto& s : have) h += (h.empty() ? "" : " ") + s;
+      fail(ck.dir().iter_dir.string(), ": the parallel flags (TP ", o.tp, ", PP ", po.pp, ", EP ", par.ep,
+           ", ETP ", files.etp(), ") imply rank directories {", w, "} but the checkpoint has {", h, "}");
+    }
+  }
+  for (auto& [name, f] : ck.all_files()) {
+    plan.keep_alive.push_back(f);
+    for (const auto& m : f->models)
+      for (const auto& e : m.entries) {
+        using K = format::ModelEntry::Kind;
+        if (e.kind == K::Tensor || e.kind == K::TeFp8Blockwise) {
+          plan.source_tensors.insert(mcore_source_id(name, m.key, e.name));
+          if (e.fp8 && e.fp8->rowwise_data) plan.source_bytes += static_cast<std::uint64_t>(numel(e.fp8->shape));
+          else if (e.tensor && e.tensor->dtype)
+            plan.source_bytes += static_cast<std::uint64_t>(numel(e.tensor->shape)) * dtype_size(*e.tensor->dtype);
+        }
+      }
+  }
+
+  const VocabSettings vocab{shape.vocab_size, o.make_vocab_size_divisible_by, o.pad_vocab_size_to};
+  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  std::vector<std::shared_ptr<const LogicalSource>> sources(inst.size());
+  bool any_fp8 = false, all_pow2 = true;
+
+  for (std::size_t i = 0; i < inst.size(); ++i) {
+    const Instance& in = inst[i];
+    const bool expert = in.kind.where == model::Where::Expert;
+    const int size = expert ? files.etp() : o.tp;
+    // stages holding the instance: the first one is read, the others (embedding copies on MTP
+    // stages) are duplicates that only count as consumed
+    std::vector<std::pair<int, int>> stages;
+    for (int p = 0; p < pp.pp(); ++p)
+      for (int s = 0; s < pp.vpp(); ++s) {
+        bool here = false;
+        switch (in.kind.where) {
+          case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
+          case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
+          default: {
+            const LayerPlacement& lp = pp.placement(in.layer);
+            here = lp.pp_rank == p && lp.vp_stage == s;
+          }
+        }
+        if (here) stages.push_back({p, s});
+      }
+    if (in.kind.where == model::Where::FirstStage)  // read from the first partition (vp 0)
+      std::stable_sort(stages.begin(), stages.end(), [&](auto a, auto b) {
+        return pp.has_embedding(a.first, a.second) > pp.has_embedding(b.first, b.second);
+      });
+    McoreSlot slot;
+    if (in.layer >= 0) {
+      const LayerPlacement& lp = pp.placement(in.layer);
+      slot.local_layer = lp.is_mtp ? -1 : lp.local_index;
+      slot.mtp = lp.is_mtp ? lp.local_index : -1;
+    }
+    slot.grouped_gemm = o.grouped_gemm;
+
+    std::vector<McoreShard> shards(static_cast<std::size_t>(size));
+    std::vector<bool> got(static_cast<std::size_t>(size), false);
+    std::string key0;
+    for (std::size_t si = 0; si < stages.size(); ++si) {
+      const auto [p, s] = stages[si];
+      const std::string dict = pp.model_key(s);
+      for (const auto& f : files.stage_files(p)) {
+        int r = f.tp_rank;
+        if (expert) {
+          auto it = std::find(f.experts.begin(), f.experts.end(), in.expert);
+          if (it == f.experts.end()) continue;
+          slot.local_expert = static_cast<int>(it - f.experts.begin());
+          r = f.expert_tp_rank;
+        }
+        const McoreKey mk = mcore_key(nm, in, slot);
+        if (key0.empty()) key0 = mk.key;
+        plan.consume(mcore_source_id(f.dir, dict, mk.key));
+        if (si == 0 && !got[static_cast<std::size_t>(r)]) {
+          auto rf = ck.rank_file(f.tp_rank, f.pp_rank, f.ep_rank);
+          shards[static_cast<std::size_t>(r)] = read_mcore_shard(*rf, dict, mk.key);
+          got[static_cast<std::size_t>(r)] = true;
+        }
+      }
+    }
+    for (int r = 0; r < size; ++r)
+      if (!got[static_cast<std::size_t>(r)]) fail("no file of the checkpoint holds shard ", r, " of ", in.label());
+    const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
+    const bool fp8 = shards.front().scale.has_value();
+    const bool replicate = me.ignore_tp || (fp8 && me.fp8_ignore_tp);
+    const Shape full = shape.expected_shape(in.kind.common);
+    const auto maps = tp_maps(in.kind.tp_rule, replicate, key0, full, size, vocab);
+    auto src = mcore_logical_source(key0, full, shards, maps);
+    any_fp8 = any_fp8 || src->fp8;
+    if (src->fp8) all_pow2 = all_pow2 && src->pow2;
+    sources[i] = src;
+  }
+  plan.check_coverage();
+
+  // HF side: the canonical layout, dtypes decided per tensor.
+  const bool hf_fp8 = (any_fp8 && !o.dequantize_fp8) || o.convert_to_fp8;
+  std::vector<HfTensor> layout = hf_layout<Model>(nm, shape, {hf_fp8, o.torch_dtype});
+  std::map<std::string, std::size_t> by_key;
+  for (std::size_t k = 0; k < layout.size(); ++k) by_key[layout[k].key] = k;
+  std::map<std::string, OutEntry> entries;  // HF key -> entry (weights and scales separately)
+  std::vector<safetensors::TensorSpec> specs;
+  bool written_pow2 = true;
+  for (const HfTensor& t : layout) {
+    if (t.is_scale) continue;  // made with its weight
+    const HfTensor& orig = t.is_copy ? layout[by_key.at(t.copy_of)] : t;
+    const auto& src = sources[orig.instance];
+    const bool target_fp8 = orig.dtype == DType::F8_E4M3 && !(o.dequantize_fp8 && src->fp8);
+    layout::Box region{Shape(src->full.size(), 0), src->full};
+    if (!region.extent.empty() && orig.shape != src->full) {  // one part of [gate; up]
+      region.extent = orig.shape;
+      region.begin[0] = orig.part * orig.shape[0];
+    }
+    Fp8Settings fs;
+    fs.method = o.quant_method;
+    fs.amax_epsilon = o.amax_epsilon;
+    fs.pow2 = o.force_pow_2_scales.value_or(src->fp8 ? src->pow2 : true);
+    fs.force_no_requant = o.fp8_force_no_requant;
+    fs.device = o.device;
+    fs.layout = quant::ScaleLayout::Unpadded;
+    fs.dequant_dtype = o.torch_dtype;
+    OutEntry e = make_entry(src, region_map(region), target_fp8, fs);
+    if (e.how == "fp8 requantize" || e.how == "quantize")
+      plan.notes.push_back((e.how == "quantize" ? "quantizing " : "re-quantizing ") + t.key);
+    if (e.kind == EntryKind::Fp8) {
+      written_pow2 = written_pow2 && e.pow2;
+      OutEntry s;
+      s.kind = EntryKind::Tensor;
+      s.key = hf_scale_key(nm, t.key);
+      s.data = e.scale;
+      s.how = e.how;
+      specs.push_back({t.key, e.data.dtype, e.data.shape});
+      specs.push_back({s.key, s.data.dtype, s.data.shape});
+      entries[s.key] = std::move(s);
+      e.kind = EntryKind::Tensor;
+      e.scale = {};
+    } else {
+      specs.push_back({t.key, e.data.dtype, e.data.shape});
+    }
+    e.key = t.key;
+    entries[t.key] = std::move(e);
+  }
+  const HfFileSet fset = hf_file_set(specs, o.hf_max_shard_bytes);
+  for (const auto& sh : fset.shards) {
+    OutFile of;
+    of.rel = sh.file_name;
+    of.format = FileFormat::Safetensors;
+    for (const auto& spec : sh.tensors) of.entries.push_back(std::move(entries.at(spec.name)));
+    plan.files.push_back(std::move(of));
+  }
+  if (!fset.index_json.empty()) plan.small_files.push_back({std::string(safetensors::kIndexFileName), fset.index_json});
+  config::HfJsonOptions jo;
+  jo.fp8_quantization_config = hf_fp8;
+  if (hf_fp8 && written_pow2) jo.scale_fmt = "ue8m0";
+  jo.dtype = std::string(torch_dtype_name(o.torch_dtype));
+  plan.small_files.push_back({"config.json", config::to_hf_config_json(mc, jo) + "\n"});
+  return plan;
+}
+
+}  // namespace ckbridge::convert
