@@ -423,6 +423,9 @@ BOOST_AUTO_TEST_CASE(malformed_pickles_are_errors) {
       {"\x80\x02X\x01\x00\x00\x00xQ."s, "persistent id"},
       {"\x80\x02K\x01s.", "stack underflow"},
       {"\x80\x02]K\x01K\x02s.", "not a dict"},
+      {P().global("torch._utils", "_rebuild_parameter_with_state").mark().tensor("FloatStorage", "0", 1, 0, {1}, {1})
+           .op('\x88').op('t').op('R').done(), "at least 4 arguments"},
+      {P().global("torch._utils", "_rebuild_tensor_v2").mark().i(1).op('t').op('R').done(), "first argument is a int, not a storage"},
   };
   pk::Limits lim;
   lim.max_weight = 1u << 20;

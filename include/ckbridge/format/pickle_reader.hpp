@@ -572,6 +572,7 @@ private:
       if (m == "torch._utils" && (nm == "_rebuild_parameter" || nm == "_rebuild_parameter_with_state")) {
         const Object& t = arg(args, 0, nm.c_str());
         if (t.kind != Kind::Tensor) err(nm, ": first argument is a ", kind_name(t.kind), ", not a tensor");
+        if (nm == "_rebuild_parameter_with_state") arg(args, 3, nm.c_str());
         auto o = clone_tensor(t);
         o->tensor->is_parameter = true;
         o->tensor->requires_grad = arg(args, 1, nm.c_str()).kind == Kind::Bool && arg(args, 1, nm.c_str()).b;
