@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
       // LoongForge takes the iteration directory (.../release); accept it and its parent.
       if (!fs::exists(src / "latest_checkpointed_iteration.txt") && fs::exists(src.parent_path() / "latest_checkpointed_iteration.txt"))
         src = src.parent_path();
-      mcore = std::make_unique<convert::McoreCheckpoint>(src);
+      mcore = std::make_unique<convert::McoreCheckpoint>(src, o.pipeline.pp == 1 && shape.num_experts > 0 && o.ep > 1);
       plan = convert::plan_mcore_to_hf<model::DeepSeekV3>(*mcore, nm, shape, mc, o);
     }
     print_plan(plan, o.max_workers);
