@@ -509,6 +509,33 @@ BOOST_AUTO_TEST_CASE(strided_sources_pack_like_a_dense_copy) {
   }
 }
 
+// Large contiguous storages get their CRC from other threads while being written; the CRC must
+// equal zlib's over the record, and misuse of the deferred-CRC protocol is refused.
+BOOST_AUTO_TEST_CASE(overlapped_crc_of_large_records) {
+  Tensor big(DType::U8, {(std::int64_t(40) << 20) + 7});
+  for (std::int64_t i = 0; i < big.numel(); ++i) big.data()[i] = std::byte((i * 2654435761u) >> 24);
+  const auto want = static_cast<std::uint32_t>(::crc32_z(0, reinterpret_cast<const Bytef*>(big.data()), big.size_bytes()));
+  BOOST_TEST(format::parallel_crc32(big.data(), big.size_bytes(), 5) == want);
+  for (unsigned th : {1u, 3u}) {
+    format::MemorySink s;
+    format::TorchSaveOptions o;
+    o.crc_threads = th;
+    auto entries = format::save_torch(s, Value::dict({{"big", Value::tensor(big.cview())}}), o);
+    BOOST_TEST(entries.at(4).name == "archive/data/0");
+    BOOST_TEST(entries.at(4).crc == want);
+  }
+  format::MemorySink s;
+  format::ZipWriter zw(s);
+  zw.begin_record("a/x", 8);
+  zw.write_deferred_crc("1234", 4);
+  expect_error([&] { zw.write("5678", 4); }, "before the deferred CRC was folded");
+  expect_error([&] { zw.fold_crc(0, 3); }, "CRC folded for 3 bytes, 4 pending");
+  zw.fold_crc(static_cast<std::uint32_t>(::crc32(0, reinterpret_cast<const Bytef*>("1234"), 4)), 4);
+  zw.write("5678", 4);
+  zw.end_record();
+  BOOST_TEST(zw.entries()[0].crc == static_cast<std::uint32_t>(::crc32(0, reinterpret_cast<const Bytef*>("12345678"), 8)));
+}
+
 // Lazy storages are produced once, at write time, in record order; the file equals the eager one.
 BOOST_AUTO_TEST_CASE(lazy_tensors_match_eager_ones) {
   const Tensor a = f32({3, 5}, 1.f), b = f32({7}, -3.f);

@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ckbridge/core/any_view.hpp"
@@ -37,6 +38,9 @@ struct TorchSaveOptions {
   bool fsync = true;            // file saves: fsync before the atomic rename
   pickle::PickleOptions pickle{};
   std::size_t bounce_bytes = std::size_t(4) << 20;  // packing buffer for strided sources
+  // Threads that compute the CRC of large contiguous storages while the main thread writes them
+  // (0: hardware concurrency, at most 8; 1: CRC inline with the write).
+  unsigned crc_threads = 0;
 };
 
 // torch's archive name: the base name with its last extension removed ("a.b.pt" -> "a.b").
@@ -59,11 +63,30 @@ inline AnyConstView drop_dim0(const AnyConstView& v, std::int64_t i) {
   return s;
 }
 
+// Writes a contiguous range; big ones get their CRC computed on other threads during the write.
+inline void write_bytes(ZipWriter& zw, const void* p, std::size_t n, unsigned crc_threads) {
+  if (!zw.crc_enabled() || crc_threads <= 1 || n < (std::size_t(32) << 20)) {
+    zw.write(p, n);
+    return;
+  }
+  std::uint32_t crc = 0;
+  std::thread t([&] { crc = parallel_crc32(p, n, crc_threads); });
+  try {
+    zw.write_deferred_crc(p, n);
+  } catch (...) {
+    t.join();
+    throw;
+  }
+  t.join();
+  zw.fold_crc(crc, n);
+}
+
 // Streams the elements of `v` in row-major order into the open record.
-inline void write_view(ZipWriter& zw, const AnyConstView& v, std::vector<std::byte>& bounce) {
+inline void write_view(ZipWriter& zw, const AnyConstView& v, std::vector<std::byte>& bounce,
+                       unsigned crc_threads = 1) {
   if (v.numel() == 0) return;
   if (v.is_contiguous()) {
-    zw.write(v.data, v.size_bytes());
+    write_bytes(zw, v.data, v.size_bytes(), crc_threads);
     return;
   }
   if (v.size_bytes() <= bounce.size()) {
@@ -75,7 +98,7 @@ inline void write_view(ZipWriter& zw, const AnyConstView& v, std::vector<std::by
   // Too big for one pack: blocks of whole dim-0 rows, or recurse into one row.
   const std::size_t row_bytes = v.size_bytes() / static_cast<std::size_t>(v.shape[0]);
   if (row_bytes > bounce.size()) {
-    for (std::int64_t i = 0; i < v.shape[0]; ++i) write_view(zw, drop_dim0(v, i), bounce);
+    for (std::int64_t i = 0; i < v.shape[0]; ++i) write_view(zw, drop_dim0(v, i), bounce, crc_threads);
     return;
   }
   const auto rows = static_cast<std::int64_t>(bounce.size() / row_bytes);
@@ -125,6 +148,8 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
     zw.add_record(pre + "byteorder", std::string_view("little"));
   }
   std::vector<std::byte> bounce(std::max<std::size_t>(opt.bounce_bytes, 64));
+  const unsigned crc_threads =
+      opt.crc_threads ? opt.crc_threads : std::min(8u, std::max(1u, std::thread::hardware_concurrency()));
   // torch >= 2.4 writes data/<key> in numeric key order; older torch sorted the keys as strings
   // ("10" before "2").
   std::vector<std::size_t> order(p.storages.size());
@@ -145,9 +170,9 @@ inline std::vector<ZipWriter::Entry> save_torch(ByteSink& sink, const pickle::Va
         if (v.size_bytes() != st.nbytes() || (v.numel() > 0 && !v.data))
           fail("producer made ", v.size_bytes(), " bytes (", shape_str(v.shape), " ", safetensors_name(v.dtype),
                "), the pickle declares ", st.nbytes());
-        torch_save_detail::write_view(zw, v, bounce);
+        torch_save_detail::write_view(zw, v, bounce, crc_threads);
       } else {
-        torch_save_detail::write_view(zw, st.source, bounce);
+        torch_save_detail::write_view(zw, st.source, bounce, crc_threads);
       }
     } catch (const Error& e) {
       fail(sink.describe(), ": writing storage record '", rec, "' (", shape_str(st.source.shape), " ",

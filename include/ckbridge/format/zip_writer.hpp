@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -137,6 +138,28 @@ private:
   std::vector<char> buf_;
 };
 
+// CRC-32 of a buffer on up to `threads` threads (slices combined with crc32_combine).
+inline std::uint32_t parallel_crc32(const void* data, std::size_t n, unsigned threads) {
+  const auto* p = static_cast<const Bytef*>(data);
+  constexpr std::size_t kMinSlice = std::size_t(8) << 20;
+  threads = static_cast<unsigned>(std::max<std::size_t>(1, std::min<std::size_t>(threads, n / kMinSlice)));
+  if (threads <= 1) return static_cast<std::uint32_t>(::crc32_z(0L, p, n));
+  std::vector<uLong> part(threads);
+  std::vector<std::thread> pool;
+  const std::size_t slice = n / threads;
+  for (unsigned t = 0; t < threads; ++t) {
+    const std::size_t b = t * slice, e = t + 1 == threads ? n : b + slice;
+    pool.emplace_back([&part, p, b, e, t] { part[t] = ::crc32_z(0L, p + b, e - b); });
+  }
+  for (auto& th : pool) th.join();
+  uLong c = part[0];
+  for (unsigned t = 1; t < threads; ++t) {
+    const std::size_t len = t + 1 == threads ? n - t * slice : slice;
+    c = ::crc32_combine(c, part[t], static_cast<z_off_t>(len));
+  }
+  return static_cast<std::uint32_t>(c);
+}
+
 // ------------------------------------------------------------------------------------ layout
 namespace zip_detail {
 inline constexpr std::uint64_t kMax32 = 0xFFFFFFFFull;
@@ -213,6 +236,7 @@ public:
     cur_ = Entry{std::string(name), 0, size, pos_};
     layout_ = zip_record_layout(pos_, name.size(), size, opt_.alignment);
     written_ = 0;
+    deferred_ = 0;
     crc_ = ::crc32_z(0L, Z_NULL, 0);
 
     zip_detail::Buf h;
@@ -247,6 +271,21 @@ public:
     written_ += n;
   }
   void write(std::span<const std::byte> s) { write(s.data(), s.size()); }
+  // Appends bytes whose CRC-32 the caller supplies afterwards through fold_crc (computed on other
+  // threads while these bytes are written). Nothing else may be written in between.
+  void write_deferred_crc(const void* data, std::size_t n) {
+    check_room(n);
+    emit(data, n);
+    written_ += n;
+    deferred_ += n;
+  }
+  void fold_crc(std::uint32_t crc_of_data, std::uint64_t n) {
+    if (n != deferred_)
+      fail(sink_.describe(), ": zip record '", cur_.name, "': CRC folded for ", n, " bytes, ", deferred_, " pending");
+    deferred_ = 0;
+    if (opt_.crc && n) crc_ = ::crc32_combine(crc_, crc_of_data, static_cast<z_off_t>(n));
+  }
+  bool crc_enabled() const { return opt_.crc; }
 
   // n zero bytes (sparse on file sinks); the CRC is extended without touching memory.
   void write_zeros(std::uint64_t n) {
@@ -268,6 +307,7 @@ public:
 
   void end_record() {
     if (!open_) fail(sink_.describe(), ": end_record without an open zip record");
+    if (deferred_) fail(sink_.describe(), ": zip record '", cur_.name, "' ended before its deferred CRC was folded");
     if (written_ != cur_.size)
       fail(sink_.describe(), ": zip record '", cur_.name, "' declared ", cur_.size, " bytes but ", written_,
            " were written");
@@ -351,6 +391,7 @@ public:
 private:
   void check_room(std::uint64_t n) const {
     if (!open_) fail(sink_.describe(), ": zip data written outside a record");
+    if (deferred_) fail(sink_.describe(), ": zip record '", cur_.name, "': write before the deferred CRC was folded");
     if (written_ + n > cur_.size)
       fail(sink_.describe(), ": zip record '", cur_.name, "' overflows its declared size ", cur_.size);
   }
@@ -365,7 +406,7 @@ private:
   std::unordered_set<std::string> names_;
   Entry cur_;
   ZipRecordLayout layout_;
-  std::uint64_t pos_ = 0, written_ = 0, crc_hash_ = 0;
+  std::uint64_t pos_ = 0, written_ = 0, crc_hash_ = 0, deferred_ = 0;
   uLong crc_ = 0;
   bool open_ = false, finished_ = false;
 };
