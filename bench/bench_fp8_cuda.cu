@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ckbridge/quant/dequantize.hpp"
@@ -121,18 +122,39 @@ int main(int argc, char** argv) {
   Tensor gq(DType::F8_E4M3, {m, n}), gs(DType::F32, {std::int64_t(bm), std::int64_t(bn)});
   cudaMemcpy(gq.data(), dq, mn, cudaMemcpyDeviceToHost);
   cudaMemcpy(gs.data(), ds, sbytes, cudaMemcpyDeviceToHost);
-  add("dequantize   e4m3 -> bf16", double(mn) * 3 + double(sbytes),
-      [&] { cuda::dequantize_device<bf16_t>(q, m, n, s, sld, static_cast<bf16_t*>(dyb)); });
-  add("dequantize   e4m3 -> fp32", double(mn) * 5 + double(sbytes),
-      [&] { cuda::dequantize_device<float>(q, m, n, s, sld, static_cast<float*>(dyf)); });
+  // dequantization, every kernel variant (threads per CTA, streaming stores); each variant's
+  // output is compared with the CPU bytes below
+  const Tensor cy16 = dequantize(gq.view(), gs.view(), DType::BF16, {Device::Cpu});
+  const Tensor cy32 = dequantize(gq.view(), gs.view(), DType::F32, {Device::Cpu});
+  bool variants_ok = true;
+  auto dq_variant = [&](auto threads, auto streaming) {
+    constexpr int T = decltype(threads)::value;
+    constexpr bool S = decltype(streaming)::value;
+    const std::string tag = std::string(" [") + std::to_string(T) + (S ? ",cs]" : "]");
+    add("dequantize e4m3->bf16" + tag, double(mn) * 3 + double(sbytes),
+        [&] { cuda::dequantize_device<bf16_t, T, S>(q, m, n, s, sld, static_cast<bf16_t*>(dyb)); });
+    add("dequantize e4m3->fp32" + tag, double(mn) * 5 + double(sbytes),
+        [&] { cuda::dequantize_device<float, T, S>(q, m, n, s, sld, static_cast<float*>(dyf)); });
+    cudaDeviceSynchronize();
+    Tensor g16(DType::BF16, {m, n}), g32(DType::F32, {m, n});
+    cudaMemcpy(g16.data(), dyb, mn * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(g32.data(), dyf, mn * 4, cudaMemcpyDeviceToHost);
+    const bool ok = std::memcmp(g16.data(), cy16.data(), mn * 2) == 0 && std::memcmp(g32.data(), cy32.data(), mn * 4) == 0;
+    if (!ok) std::printf("dequant variant%s: GPU bytes DIFFER from CPU\n", tag.c_str());
+    variants_ok = variants_ok && ok;
+  };
+  dq_variant(std::integral_constant<int, 512>{}, std::false_type{});
+  dq_variant(std::integral_constant<int, 512>{}, std::true_type{});
+  dq_variant(std::integral_constant<int, 256>{}, std::true_type{});
+  dq_variant(std::integral_constant<int, 256>{}, std::false_type{});
 
-  std::printf("%-28s %10s %9s %9s %12s %9s\n", "op", "MB moved", "ms", "GB/s", "memcpy GB/s", "fraction");
+  std::printf("%-30s %10s %9s %9s %12s %9s\n", "op", "MB moved", "ms", "GB/s", "memcpy GB/s", "fraction");
   for (const Row& r : rows) {
     // a D2D copy of half the bytes moves the same number of bytes (read + write)
     const std::size_t half = std::size_t(r.bytes / 2);
     const float cms = time_ms([&] { cudaMemcpyAsync(dcpy_b, dcpy_a, half, cudaMemcpyDeviceToDevice); }, iters);
     const double gbs = r.bytes / (r.ms * 1e6), cgbs = 2.0 * double(half) / (cms * 1e6);
-    std::printf("%-28s %10.1f %9.3f %9.1f %12.1f %9.3f\n", r.op.c_str(), r.bytes / 1e6, r.ms, gbs, cgbs, gbs / cgbs);
+    std::printf("%-30s %10.1f %9.3f %9.1f %12.1f %9.3f\n", r.op.c_str(), r.bytes / 1e6, r.ms, gbs, cgbs, gbs / cgbs);
   }
 
   // cross-check the big tensor: GPU bytes == CPU bytes
@@ -148,5 +170,6 @@ int main(int argc, char** argv) {
   std::printf("GPU vs CPU bytes (te bf16 %lldx%lld): codes %s, scales %s, dequant bf16 %s\n", (long long)m,
               (long long)n, same_q ? "equal" : "DIFFER", same_s ? "equal" : "DIFFER", same_y ? "equal" : "DIFFER");
   for (void* p : {dxb, dxf, dq, ds, dflags, dyb, dyf, dcpy_a, dcpy_b}) cudaFree(p);
-  return same_q && same_s && same_y ? 0 : 1;
+  std::printf("dequant kernel variants vs CPU bytes: %s\n", variants_ok ? "all equal" : "DIFFER");
+  return same_q && same_s && same_y && variants_ok ? 0 : 1;
 }

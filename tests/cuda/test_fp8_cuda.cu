@@ -83,6 +83,23 @@ Tensor random_tensor(DType dt, std::int64_t m, std::int64_t n, std::mt19937_64& 
   return t;
 }
 
+// One dequantization kernel variant on device buffers vs the CPU bytes (fp32 and bf16 output).
+template <int Threads, bool Streaming>
+bool dequant_variant_equal(const QuantResult& r) {
+  const std::int64_t m = r.data.shape()[0], n = r.data.shape()[1], sld = r.scale_inv.shape()[1];
+  cuda::staging::DeviceBuffer dq(r.data.size_bytes()), ds(r.scale_inv.size_bytes()), d32(std::size_t(m * n) * 4),
+      d16(std::size_t(m * n) * 2);
+  cudaMemcpy(dq.p, r.data.data(), r.data.size_bytes(), cudaMemcpyHostToDevice);
+  cudaMemcpy(ds.p, r.scale_inv.data(), r.scale_inv.size_bytes(), cudaMemcpyHostToDevice);
+  cuda::dequantize_device<float, Threads, Streaming>(dq.as<std::uint8_t>(), m, n, ds.as<float>(), sld, d32.as<float>());
+  cuda::dequantize_device<bf16_t, Threads, Streaming>(dq.as<std::uint8_t>(), m, n, ds.as<float>(), sld, d16.as<bf16_t>());
+  Tensor g32(DType::F32, {m, n}), g16(DType::BF16, {m, n});
+  cudaMemcpy(g32.data(), d32.p, g32.size_bytes(), cudaMemcpyDeviceToHost);
+  cudaMemcpy(g16.data(), d16.p, g16.size_bytes(), cudaMemcpyDeviceToHost);
+  return same(g32, dequantize(r.data.view(), r.scale_inv.view(), DType::F32, {Device::Cpu})) &&
+         same(g16, dequantize(r.data.view(), r.scale_inv.view(), DType::BF16, {Device::Cpu}));
+}
+
 }  // namespace
 
 int main() {
@@ -134,6 +151,25 @@ int main() {
     row(std::string("random ") + std::string(safetensors_name(dt)), t);
   }
   if (!auto_registered) ++bad;
+  {  // every dequantization kernel variant (threads per CTA x streaming stores), vector path shapes
+    Tally t;
+    for (auto [m, n] : std::vector<std::pair<std::int64_t, std::int64_t>>{{129, 144}, {256, 512}, {300, 4112}, {1000, 16}}) {
+      const Tensor x = random_tensor(DType::BF16, m, n, rng);
+      for (bool p2 : {false, true}) {
+        QuantOptions o;
+        o.force_pow_2_scales = p2;
+        o.layout = ScaleLayout::TePadded;
+        o.device = Device::Cpu;
+        const QuantResult r = quantize<pt_loongforge_raw>(x.view(), o);  // NaN blocks included
+        const bool ok = dequant_variant_equal<256, false>(r) && dequant_variant_equal<256, true>(r) &&
+                        dequant_variant_equal<512, false>(r) && dequant_variant_equal<512, true>(r);
+        ++t.configs;
+        t.mismatches += ok ? 0 : 1;
+        if (!ok) std::printf("  MISMATCH dequant variants %lldx%lld pow2=%d\n", (long long)m, (long long)n, int(p2));
+      }
+    }
+    row("dequant kernel variants (x4)", t);
+  }
   std::printf("%s\n", bad ? "FAILED: CUDA and CPU bytes differ" : "OK: CUDA bytes == CPU bytes in every configuration");
   return bad ? 1 : 0;
 }
