@@ -168,6 +168,9 @@ BOOST_AUTO_TEST_CASE(interpolation_errors) {
   expect_error([] { load_yaml(kFeat / "bad_resolver.yaml"); }, {"unknown resolver 'oc.decode'", "key 'x'"});
   expect_error([] { load_yaml(kFeat / "bad_syntax.yaml"); }, {"bad_syntax.yaml", "YAML syntax error", "line"});
   expect_error([] { load_yaml(kFeat / "does_not_exist.yaml"); }, {"does_not_exist.yaml", "not found"});
+  expect_error([] { load_yaml(kFeat / "complex_key.yaml"); }, {"complex_key.yaml", "not a scalar"});
+  expect_error([] { load_yaml(kFeat / "laughs.yaml"); }, {"laughs.yaml", "250000 nodes"});
+  expect_error([] { load_yaml(kFeat / "deep_chain.yaml"); }, {"deep_chain.yaml", "512 deep"});
   // Non-strict: broken keys stay as text and are reported; the rest resolves.
   std::vector<std::string> unresolved;
   LoadOptions o = env_opts({});
@@ -437,8 +440,29 @@ moe_router_num_groups: 2
   BOOST_TEST(model_config_from_yaml(with("moe_layer_freq", "1"), "m.yaml").first_k_dense() == 0);
   BOOST_TEST(model_config_from_yaml(with("moe_layer_freq", "'[0]*1+[1]*1'"), "m.yaml").first_k_dense() == 1);
   expect_error([] { model_config_from_hf_json("{\"hidden_size\": 1", "c.json"); }, {"c.json", "invalid JSON"});
+  expect_error([] { model_config_from_hf_json("[1]", "c.json"); }, {"c.json", "must be an object"});
   expect_error([] { model_config_from_hf_json("{\"num_hidden_layers\": \"x\"}", "c.json"); },
                {"c.json", "'num_hidden_layers'", "integer"});
+}
+
+BOOST_AUTO_TEST_CASE(hf_dtype_and_quantization) {
+  BOOST_TEST(hf_dtype_from_json(kDsv3HfConfig, "c.json").value() == "bfloat16");
+  BOOST_TEST(hf_dtype_from_json(R"({"torch_dtype": "float16", "text_config": {"dtype": "float32"}})", "c.json").value() ==
+             "float32");
+  BOOST_TEST(hf_dtype_from_json(R"({"torch_dtype": "float16", "dtype": "bfloat16"})", "c.json").value() == "bfloat16");
+  BOOST_TEST(!hf_dtype_from_json("{}", "c.json"));
+  const auto q = hf_quantization_from_json(kDsv3HfConfig, "c.json");
+  BOOST_TEST(q.fp8_block);
+  BOOST_TEST(!q.scale_fmt);
+  const auto q31 = hf_quantization_from_json(
+      R"({"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}})",
+      "v31.json");
+  BOOST_TEST(q31.scale_fmt.value() == "ue8m0");
+  BOOST_TEST(!hf_quantization_from_json("{}", "c.json").fp8_block);
+  expect_error([] { hf_quantization_from_json(R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [64, 64]}})", "q.json"); },
+               {"q.json", "weight_block_size"});
+  expect_error([] { hf_quantization_from_json(R"({"quantization_config": {"quant_method": "compressed-tensors"}})", "q.json"); },
+               {"q.json", "quant_method", "compressed-tensors"});
 }
 
 BOOST_AUTO_TEST_CASE(name_map_parsing_errors) {

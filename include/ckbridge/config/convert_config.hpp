@@ -90,7 +90,7 @@ public:
     if (!m.IsMap()) fail(source, ": key '", base, "' must be a map");
     std::map<std::string, std::string> biases;
     for (auto it = m.begin(); it != m.end(); ++it) {
-      const std::string key = it->first.as<std::string>();
+      const std::string key = detail::key_str(it->first, source, base);
       const YAML::Node& v = it->second;
       const std::string where = base + "." + key;
       auto str = [&](const YAML::Node& n, const std::string& w) {
@@ -117,7 +117,7 @@ public:
         for (std::size_t i = 0; i < v.size(); ++i) e.names.push_back(str(v[i], where + "[" + std::to_string(i) + "]"));
       } else if (v.IsMap()) {
         for (auto f = v.begin(); f != v.end(); ++f) {
-          const std::string flag = f->first.as<std::string>();
+          const std::string flag = detail::key_str(f->first, source, where);
           const YAML::Node& fv = f->second;
           const std::string fw = where + "." + flag;
           auto boolean = [&] {
@@ -364,7 +364,7 @@ inline ConvertConfig convert_config_from_yaml(const YAML::Node& root, const std:
   if (auto tpd = detail::child(root, "tensor_parallel_dim"); tpd && !tpd->IsNull()) {
     if (!tpd->IsMap()) fail(source, ": key 'tensor_parallel_dim' must be a map");
     for (auto it = tpd->begin(); it != tpd->end(); ++it) {
-      const std::string k = it->first.as<std::string>();
+      const std::string k = detail::key_str(it->first, source, "tensor_parallel_dim");
       const std::string w = "tensor_parallel_dim." + k;
       int d = -1;
       if (!it->second.IsNull()) d = detail::yas<int>(it->second, source, w.c_str());

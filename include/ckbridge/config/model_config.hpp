@@ -233,6 +233,14 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
 }
 
 namespace detail {
+inline rapidjson::Document parse_json(std::string_view json, std::string_view source) {
+  rapidjson::Document doc;
+  doc.Parse(json.data(), json.size());
+  if (doc.HasParseError())
+    fail(source, ": invalid JSON at offset ", doc.GetErrorOffset(), ": ", rapidjson::GetParseError_En(doc.GetParseError()));
+  if (!doc.IsObject()) fail(source, ": config.json must be an object");
+  return doc;
+}
 inline const rapidjson::Value* jget(const rapidjson::Value& o, const char* key) {
   auto it = o.FindMember(key);
   if (it == o.MemberEnd() || it->value.IsNull()) return nullptr;
@@ -270,11 +278,7 @@ inline std::string jstr(const rapidjson::Value& o, const char* key, std::string_
 // From an HF config.json text (DeepSeek-V3 schema; `text_config` is used when present).
 inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_view source) {
   using namespace detail;
-  rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError())
-    fail(source, ": invalid JSON at offset ", doc.GetErrorOffset(), ": ", rapidjson::GetParseError_En(doc.GetParseError()));
-  if (!doc.IsObject()) fail(source, ": config.json must be an object");
+  const rapidjson::Document doc = parse_json(json, source);
   const rapidjson::Value* o = &doc;
   if (const auto* tc = jget(doc, "text_config"); tc && tc->IsObject()) o = tc;
   ModelConfig c;
@@ -323,6 +327,49 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
     c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k && i % freq == 0 ? 1 : 0);
   c.validate(source);
   return c;
+}
+
+
+// HF output dtype as LoongForge picks it from --hf-official-config-file / --hf-quant-config-file:
+// text_config.dtype, text_config.torch_dtype, dtype, torch_dtype (first present).
+inline std::optional<std::string> hf_dtype_from_json(std::string_view json, std::string_view source) {
+  const auto doc = detail::parse_json(json, source);
+  if (const auto* tc = detail::jget(doc, "text_config"); tc && tc->IsObject()) {
+    for (const char* k : {"dtype", "torch_dtype"})
+      if (detail::jget(*tc, k)) return detail::jstr(*tc, k, source, "");
+  }
+  for (const char* k : {"dtype", "torch_dtype"})
+    if (detail::jget(doc, k)) return detail::jstr(doc, k, source, "");
+  return std::nullopt;
+}
+
+// DeepSeek-style block FP8 weights declared by config.json `quantization_config`.
+struct HfQuantization {
+  bool fp8_block = false;                // quant_method fp8, e4m3, 128x128 blocks
+  std::optional<std::string> scale_fmt;  // "ue8m0": power-of-two scales (V3.1)
+};
+
+inline HfQuantization hf_quantization_from_json(std::string_view json, std::string_view source) {
+  const auto doc = detail::parse_json(json, source);
+  const rapidjson::Value* o = &doc;
+  if (const auto* tc = detail::jget(doc, "text_config"); tc && tc->IsObject() && detail::jget(*tc, "quantization_config"))
+    o = tc;
+  HfQuantization q;
+  const auto* qc = detail::jget(*o, "quantization_config");
+  if (!qc) return q;
+  if (!qc->IsObject()) fail(source, ": key 'quantization_config' must be an object");
+  const std::string method = detail::jstr(*qc, "quant_method", source, "");
+  if (method != "fp8")
+    fail(source, ": key 'quantization_config.quant_method': '", method, "' is not supported (only block 'fp8')");
+  const std::string fmt = detail::jstr(*qc, "fmt", source, "e4m3");
+  if (fmt != "e4m3") fail(source, ": key 'quantization_config.fmt': '", fmt, "' is not supported (only e4m3)");
+  const auto* bs = detail::jget(*qc, "weight_block_size");
+  if (!bs || !bs->IsArray() || bs->Size() != 2 || !(*bs)[0].IsInt() || !(*bs)[1].IsInt() || (*bs)[0].GetInt() != 128 ||
+      (*bs)[1].GetInt() != 128)
+    fail(source, ": key 'quantization_config.weight_block_size': only [128, 128] is supported");
+  q.fp8_block = true;
+  if (detail::jget(*qc, "scale_fmt")) q.scale_fmt = detail::jstr(*qc, "scale_fmt", source, "");
+  return q;
 }
 
 inline ModelConfig load_hf_config_json(const std::filesystem::path& file) {

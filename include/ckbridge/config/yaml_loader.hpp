@@ -94,7 +94,7 @@ inline std::vector<long long> eval_list_expression(std::string_view expr, std::s
   };
   auto repeat = [&](const std::vector<long long>& v, long long n) {
     if (n < 0) bad("negative repeat count");
-    if (static_cast<double>(n) * static_cast<double>(v.size()) > 1e7) bad("expansion too large");
+    if (static_cast<double>(n) * static_cast<double>(v.size()) > 1e6) bad("expansion too large");
     std::vector<long long> out;
     for (long long k = 0; k < n; ++k) out.insert(out.end(), v.begin(), v.end());
     return out;
@@ -139,6 +139,12 @@ inline std::string path_str(const Path& p) {
   return s.empty() ? std::string("<root>") : s;
 }
 
+// Map keys must be scalars (YAML allows complex keys; configs never use them).
+inline std::string key_str(const YAML::Node& k, const std::string& file, const std::string& where) {
+  if (!k.IsScalar()) fail(file, ": key under '", where.empty() ? std::string("<root>") : where, "' is not a scalar");
+  return k.Scalar();
+}
+
 inline bool has_interp(const YAML::Node& n) {
   return n.IsScalar() && n.Scalar().find("${") != std::string::npos;
 }
@@ -181,7 +187,7 @@ inline YAML::Node parse_file(const std::filesystem::path& file) {
 inline void merge_into(YAML::Node dst, const YAML::Node& src, const Path& at, const std::string& file,
                        std::map<std::string, std::string>& origin) {
   for (auto it = src.begin(); it != src.end(); ++it) {
-    const std::string key = it->first.as<std::string>();
+    const std::string key = key_str(it->first, file, path_str(at));
     Path p = at;
     p.push_back(key);
     const YAML::Node& sv = it->second;
@@ -363,7 +369,7 @@ private:
         continue;
       }
       if (!it.IsMap() || it.size() != 1) fail(where, ": expected '_self_', a config name or 'group: option'");
-      std::string key = it.begin()->first.as<std::string>();
+      std::string key = key_str(it.begin()->first, file, "defaults[" + std::to_string(i) + "]");
       const YAML::Node val = it.begin()->second;
       e.kind = Entry::Group;
       if (key.rfind("override ", 0) == 0) {
@@ -381,7 +387,12 @@ private:
       }
       if (val.IsNull()) e.options.clear();
       else if (val.IsScalar()) e.options.push_back(val.Scalar());
-      else if (val.IsSequence()) for (const auto& v : val) e.options.push_back(v.as<std::string>());
+      else if (val.IsSequence()) {
+        for (const auto& v : val) {
+          if (!v.IsScalar()) fail(where, ": options of group '", key, "' must be names");
+          e.options.push_back(v.Scalar());
+        }
+      }
       else fail(where, ": option of group '", key, "' must be a name, a list of names or null");
       out.push_back(e);
     }
@@ -397,7 +408,7 @@ private:
     YAML::Node self(YAML::NodeType::Map);
     YAML::Node defaults;
     for (auto it = doc.begin(); it != doc.end(); ++it) {
-      const std::string k = it->first.as<std::string>();
+      const std::string k = key_str(it->first, fname, "");
       if (k == "defaults") defaults = it->second;
       else if (k == "hydra" && primary) read_searchpath(it->second, doc, fname);
       else if (k != "hydra") self[k] = it->second;
@@ -494,9 +505,11 @@ public:
   // Resolves the node at `p` (and everything below it) in place and returns it.
   YAML::Node resolve_subtree(const Path& p) {
     YAML::Node n = resolve_at(p);
+    // A map or list that came from an interpolation is a copy of an already resolved subtree.
+    if (copied_subtrees_.count(path_str(p))) return n;
     if (n.IsMap() || n.IsSequence()) {
       std::vector<std::string> keys;
-      if (n.IsMap()) for (auto it = n.begin(); it != n.end(); ++it) keys.push_back(it->first.as<std::string>());
+      if (n.IsMap()) for (auto it = n.begin(); it != n.end(); ++it) keys.push_back(key_str(it->first, file_of(p), path_str(p)));
       else for (std::size_t i = 0; i < n.size(); ++i) keys.push_back(std::to_string(i));
       for (const auto& k : keys) {
         Path c = p;
@@ -581,6 +594,7 @@ private:
         r.active_.erase(k);
       }
     };
+    if (stack_.size() >= 512) err(p, "interpolations nested more than 512 deep");
     active_.insert(key);
     stack_.push_back(key);
     YAML::Node value;
@@ -589,6 +603,7 @@ private:
       value = eval_string(n.Scalar(), p);
     }
     done_.insert(key);
+    if (value.IsMap() || value.IsSequence()) copied_subtrees_.insert(key);
     if (p.empty()) {
       root_.reset(value);
     } else {
@@ -727,7 +742,23 @@ private:
       }
       err(at, "unknown resolver '" + name + "' in '${" + raw + "}' (supported: oc.env, oc.select, moe_freq)");
     }
-    return YAML::Clone(resolve_ref(body, at));
+    const YAML::Node target = resolve_ref(body, at);
+    // Bounds the work of configs that reference big subtrees many times over ("billion laughs").
+    copied_ = count_nodes(target, copied_);
+    if (copied_ > kMaxCopiedNodes) err(at, "interpolations copy more than 250000 nodes");
+    return YAML::Clone(target);
+  }
+
+  static constexpr std::size_t kMaxCopiedNodes = 250'000;
+  static std::size_t count_nodes(const YAML::Node& n, std::size_t acc) {
+    ++acc;
+    if (acc > kMaxCopiedNodes) return acc;
+    if (n.IsMap()) {
+      for (auto it = n.begin(); it != n.end() && acc <= kMaxCopiedNodes; ++it) acc = count_nodes(it->second, acc);
+    } else if (n.IsSequence()) {
+      for (auto it = n.begin(); it != n.end() && acc <= kMaxCopiedNodes; ++it) acc = count_nodes(*it, acc);
+    }
+    return acc;
   }
 
   // Resolves a node reference (absolute or relative) to its fully resolved node.
@@ -780,7 +811,8 @@ private:
   const LoadOptions& opt_;
   const std::map<std::string, std::string>* origin_;
   std::string file_;
-  std::set<std::string> active_, done_;
+  std::set<std::string> active_, done_, copied_subtrees_;
+  std::size_t copied_ = 0;
   std::vector<std::string> stack_;
 };
 
@@ -795,7 +827,9 @@ inline void Composer::read_searchpath(const YAML::Node& hydra, const YAML::Node&
     std::string s;
     try {
       Resolver r(tmp, opt_, nullptr, fname);
-      s = r.resolve_subtree(key).as<std::string>();
+      const YAML::Node v = r.resolve_subtree(key);
+      if (!v.IsScalar()) fail(fname, ": key 'hydra.searchpath[", i, "]' must be a string");
+      s = v.Scalar();
     } catch (const Error& e) {
       if (opt_.strict && !opt_.search_ancestors) throw;
       if (opt_.unresolved) opt_.unresolved->push_back(e.what());
@@ -821,9 +855,14 @@ inline YAML::Node resolve_interpolations(YAML::Node root, const LoadOptions& opt
 inline YAML::Node load_yaml(const std::filesystem::path& file, const LoadOptions& opt = {}) {
   if (!std::filesystem::is_regular_file(file)) fail(file.string(), ": config file not found");
   detail::Composer c(opt, file);
-  YAML::Node root = c.compose(file);
-  detail::Resolver res(root, opt, &c.origins(), file.string());
-  res.resolve_all();
+  YAML::Node root;
+  try {
+    root = c.compose(file);
+    detail::Resolver res(root, opt, &c.origins(), file.string());
+    res.resolve_all();
+  } catch (const YAML::Exception& e) {  // safety net: yaml-cpp conversions not checked above
+    fail(file.string(), ": ", e.what());
+  }
   if (opt.unresolved) {  // the same key may be reported once per reference to it
     std::set<std::string> seen;
     std::vector<std::string> uniq;
