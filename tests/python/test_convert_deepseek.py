@@ -1,0 +1,779 @@
+"""Acceptance tests of the DeepSeek V3 converter (examples/deepseek_v3) against independent expectations.
+
+Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and deepseek_v3_convert on the tiny model of
+configs/deepseek_v3/deepseek_v3_tiny.yaml and checks, without using any of the converter's code:
+  1. HF -> MCore in several layouts (TP/PP/EP/ETP, grouped and sequential experts, custom pipeline
+     split, BF16 source with and without --convert_to_fp8, TP 4 with FP8 re-quantization);
+  2. every MCore rank file, loaded with torch.load (TE classes from tests/python/te_stub): the set of
+     files (LoongForge's mp_rank naming and EP/ETP maps), the set of keys of every file, and every
+     tensor against an expectation computed here with numpy from the HF safetensors and LoongForge's
+     rules (name table, stage-local layer numbering, MTP block, vocab padding with copies of the last
+     row, TP split per rule, SwiGLU [gate_r; up_r] interleave, fp8_ignore_tp replication, TE FP8
+     objects with zero-padded scales, _extra_state None entries, args and checkpoint_version);
+     bytes are compared exactly, re-quantized tensors against a numpy port of TE's quantizer and the
+     FP8 error bound;
+  3. MCore -> HF back to the source (whole files byte-identical where no re-quantization happened);
+  4. coverage: an unknown extra tensor and a missing tensor are refused, naming the tensor;
+  5. bad input: each refused with a message naming the flag / tensor / file, before any output;
+  6. --dry-run prints a plan and writes nothing.
+Where ckbridge deliberately differs from LoongForge the expectation says so in a comment.
+Exits non-zero on failure; the last line is "N passed, M failed".
+"""
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import ml_dtypes
+import numpy as np
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, 'te_stub'))
+os.environ.setdefault('TE_STUB_VERSION', '2.9')  # the converter's default --te_version
+
+import torch  # noqa: E402
+
+SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
+BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
+CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
+MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
+CFG = os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
+CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')
+SHARD = '4MB'  # the generator's default shard size; MCore -> HF uses the same
+
+PASSED, FAILED = [], []
+
+
+def check(name, fn, *args):
+    try:
+        fn(*args)
+        PASSED.append(name)
+        print('PASS', name, flush=True)
+    except Exception:  # noqa: BLE001 - report every failure, keep going
+        FAILED.append(name)
+        print('FAIL', name, flush=True)
+        traceback.print_exc()
+
+
+# ----------------------------------------------------------------------------------- the model
+class Model:
+    def __init__(self):
+        with open(CFG) as f:
+            y = yaml.safe_load(f)
+        self.N = y['num_layers']
+        self.H = y['hidden_size']
+        self.F = y['ffn_hidden_size']
+        self.heads = y['num_attention_heads']
+        self.E = y['num_experts']
+        self.MTP = y['mtp_num_layers']
+        self.Fm = y['moe_ffn_hidden_size']
+        self.Fs = y['moe_shared_expert_intermediate_size']
+        self.q_lora = y['q_lora_rank']
+        self.kv_lora = y['kv_lora_rank']
+        self.qk, self.pe, self.v = y['qk_head_dim'], y['qk_pos_emb_head_dim'], y['v_head_dim']
+        self.V = y['vocab_size_in_config_file']
+        m = re.fullmatch(r'\$\{moe_freq:"\[0\]\*(\d+)\+\[1\]\*(\d+)"\}', str(y['moe_layer_freq']))
+        assert m and int(m.group(1)) + int(m.group(2)) == self.N, y['moe_layer_freq']
+        self.first_k_dense = int(m.group(1))
+
+    def is_moe(self, layer):  # HF layer id (the MTP layer N is MoE)
+        return layer >= self.first_k_dense
+
+
+M = Model()
+
+
+# ----------------------------------------------------------------------------------- file readers
+ST_DTYPES = {'BF16': np.uint16, 'F16': np.uint16, 'F32': np.float32, 'F8_E4M3': np.uint8, 'I64': np.int64}
+
+
+def read_safetensors(path):
+    """Own reader (the safetensors package has no FP8 in its numpy API): key -> (dtype, array)."""
+    with open(path, 'rb') as f:
+        buf = f.read()
+    n = struct.unpack_from('<Q', buf, 0)[0]
+    hdr = json.loads(buf[8:8 + n])
+    out = {}
+    for k, v in hdr.items():
+        if k == '__metadata__':
+            continue
+        dt = np.dtype(ST_DTYPES[v['dtype']])
+        b, e = v['data_offsets']
+        arr = np.frombuffer(buf, dtype=dt, count=(e - b) // dt.itemsize, offset=8 + n + b).reshape(v['shape'])
+        out[k] = (v['dtype'], arr)
+    return out
+
+
+def read_hf(d):
+    out = {}
+    for p in sorted(glob.glob(os.path.join(d, '*.safetensors'))):
+        for k, v in read_safetensors(p).items():
+            assert k not in out, 'duplicate tensor %s in %s' % (k, d)
+            out[k] = v
+    return out
+
+
+def t2np(t):
+    """torch tensor -> (dtype name, numpy array of its raw values)."""
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return 'BF16', t.view(torch.int16).numpy().view(np.uint16)
+    if t.dtype == torch.float32:
+        return 'F32', t.numpy()
+    if t.dtype == torch.uint8:
+        return 'U8', t.numpy()
+    raise AssertionError('unexpected tensor dtype %s' % t.dtype)
+
+
+def load_mcore(path):
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+# ----------------------------------------------------------------------------------- FP8 numerics
+def is_pow2(s):
+    s = np.asarray(s, np.float32)
+    return bool(np.all(s > 0) and np.all((s.view(np.uint32) & 0x007FFFFF) == 0))
+
+
+def expand_scale(scale, m, n):
+    return np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
+
+
+def dequant(data_u8, scale):
+    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding)."""
+    m, n = data_u8.shape
+    s = scale[:(m + 127) // 128, :(n + 127) // 128]
+    return data_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32) * expand_scale(s, m, n)
+
+
+def quant_te(x, pow2):
+    """TE Float8BlockQuantizer (128x128, e4m3, amax_epsilon 0), reference spec fp8-blockwise §9."""
+    x = np.asarray(x, np.float32)
+    m, n = x.shape
+    rb, cb = (m + 127) // 128, (n + 127) // 128
+    q = np.empty((m, n), np.uint8)
+    sinv = np.empty((rb, cb), np.float32)
+    for i in range(rb):
+        for j in range(cb):
+            blk = x[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+            a = np.float32(np.max(np.abs(blk))) if blk.size else np.float32(0)
+            if a == 0 or not np.isfinite(a):
+                s = np.float32(1)
+            else:
+                s = np.float32(448) / a
+                if not np.isfinite(s):
+                    s = np.float32(np.finfo(np.float32).max)
+                if pow2:
+                    s = np.array([s], np.float32).view(np.uint32)
+                    s = (s & np.uint32(0xFF800000)).view(np.float32)[0]
+            sinv[i, j] = np.float32(1) / s
+            v = np.clip(blk * s, -448, 448)  # RNE onto e4m3 below; |v| <= 448(1+2^-23) anyway
+            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = v.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    return q, sinv
+
+
+def pad4(scale):
+    rows, cols = scale.shape
+    out = np.zeros((rows, (cols + 3) // 4 * 4), np.float32)
+    out[:, :cols] = scale
+    return out
+
+
+def bf16_to_f32(u16):
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def within_fp8_bound(x, data_u8, scale, what, steps=1):
+    """|dequant - x| <= `steps` half e4m3 steps: 2^-4 relative (normals), 2^-10 * scale (subnormals)."""
+    d = dequant(data_u8, scale)
+    s = expand_scale(scale[:(x.shape[0] + 127) // 128, :(x.shape[1] + 127) // 128], *x.shape)
+    err = np.abs(d - x)
+    bound = steps * (np.abs(x) * (2.0 ** -4) + s * (2.0 ** -10)) + 1e-30
+    bad = err > bound
+    assert not bad.any(), '%s: %d elements beyond the FP8 bound, worst |err| %g' % (what, int(bad.sum()), err.max())
+
+
+# ----------------------------------------------------------------------------------- logical tensors
+class Logical:
+    """One full (common) tensor from the HF source: plain, or FP8 data + unpadded scales."""
+
+    def __init__(self, hf, keys):
+        parts = [hf[k] for k in keys]
+        self.dtype = parts[0][0]
+        self.arr = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        self.scale = None
+        if self.dtype == 'F8_E4M3':
+            scales = [hf[k[:-len('weight')] + 'weight_scale_inv'][1] for k in keys]
+            self.scale = np.concatenate(scales) if len(scales) > 1 else scales[0]
+            self.pow2 = is_pow2(self.scale)
+        self.keys = keys
+
+
+    def f32(self):
+        if self.dtype == 'F8_E4M3':
+            return dequant(self.arr, self.scale)
+        if self.dtype == 'BF16':
+            return bf16_to_f32(self.arr)
+        return self.arr.astype(np.float32)
+
+
+class Plain:
+    """A full plain tensor computed here (the vocab-padded embedding / output layer)."""
+
+    def __init__(self, dtype, arr):
+        self.dtype, self.arr, self.scale = dtype, arr, None
+
+
+def split(a, rule, n, t, block=1):
+    """Shard t of n of a full array (block > 1: the same split on a block grid, e.g. FP8 scales)."""
+    if rule == 'repl' or n == 1:
+        return a
+    if rule == 'rows':
+        k = a.shape[0] // n
+        return a[t * k:(t + 1) * k]
+    if rule == 'cols':
+        k = a.shape[1] // n
+        return a[:, t * k:(t + 1) * k]
+    if rule == 'gateup':  # [G; U] -> [G_t; U_t]
+        f = a.shape[0] // 2
+        k = f // n
+        return np.concatenate([a[t * k:(t + 1) * k], a[f + t * k:f + (t + 1) * k]])
+    raise AssertionError(rule)
+
+
+def aligned(shape, rule, n):
+    if rule == 'repl' or n == 1:
+        return True
+    if rule == 'rows':
+        return (shape[0] // n) % 128 == 0
+    if rule == 'cols':
+        return (shape[1] // n) % 128 == 0
+    return (shape[0] // 2 // n) % 128 == 0  # gateup
+
+
+def pad_vocab(a, tp):
+    mult = 128 * tp
+    vp = (a.shape[0] + mult - 1) // mult * mult
+    return np.concatenate([a, np.repeat(a[-1:], vp - a.shape[0], axis=0)]) if vp > a.shape[0] else a
+
+
+class Spec:
+    """Expected value of one MCore entry."""
+
+    def __init__(self, kind, dtype=None, arr=None, scale=None, pow2=None, how='', x=None):
+        self.kind, self.dtype, self.arr, self.scale, self.pow2, self.how, self.x = kind, dtype, arr, scale, pow2, how, x
+
+
+def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8):
+    """Expectation for shard t of n of logical tensor lt (LoongForge get_chunked_weight, §9.3)."""
+    if lt.dtype == 'F8_E4M3':
+        if ignore_tp_if_fp8:
+            rule = 'repl'
+        if aligned(lt.arr.shape, rule, n):  # direct: data and scale blocks move unchanged
+            return Spec('fp8', arr=split(lt.arr, rule, n, t), scale=split(lt.scale, rule, n, t), pow2=lt.pow2,
+                        how='direct')
+        x = split(lt.f32(), rule, n, t)  # re-quantize the shard; scale kind of the source kept
+        q, s = quant_te(x, lt.pow2)
+        return Spec('fp8', arr=q, scale=s, pow2=lt.pow2, how='requant', x=x)
+    if fp8_target:
+        if ignore_tp_if_fp8:
+            rule = 'repl'
+        x = split(lt.f32(), rule, n, t)
+        # ckbridge: a BF16 source quantizes with power-of-two scales unless --force_pow_2_scales=false
+        # (LoongForge's default is linear; its --convert_to_fp8 does not apply to HF -> MCore at all).
+        q, s = quant_te(x, True)
+        return Spec('fp8', arr=q, scale=s, pow2=True, how='quantize', x=x)
+    return Spec('plain', dtype=lt.dtype, arr=split(lt.arr, rule, n, t))
+
+
+# ----------------------------------------------------------------------------------- expected MCore
+def balanced(n, parts):
+    # LoongForge partition_balanced; for the splits used here (4 over 1 or 2) it is ceil-per-part.
+    assert n % parts == 0 or parts == 1, 'only even splits are modelled here'
+    return [n // parts] * parts
+
+
+def stage_layers(L):
+    counts = list(L['custom']) if L.get('custom') else balanced(M.N, L['pp'])
+    counts[-1] += M.MTP
+    out, off = [], 0
+    for c in counts:
+        ids = list(range(off, off + c))
+        out.append([(g, g - M.N if g >= M.N else i) for i, g in enumerate(ids)])
+        off += c
+    return out  # per stage: [(global id, local index)]
+
+
+def etp_map(tp, ep, etp):
+    """LoongForge get_etp_map: etp_to_tp[g][et]."""
+    v = max(tp, etp * ep)
+    m = [[None] * etp for _ in range(ep)]
+    for t in range(v):
+        m[(t // etp) % ep][t % etp] = t % tp
+    return m
+
+
+def rank_files(L):
+    """[(dir, t, p, e, et)] as LoongForge names and fills them (§5.4)."""
+    tp, pp, ep, etp = L['tp'], L['pp'], L['ep'], L.get('etp')
+    if etp is None:
+        trip = [(t, e, t) for e in range(ep) for t in range(tp)]
+    else:
+        m = etp_map(tp, ep, etp)
+        trip = [(m[e][et], e, et) for e in range(ep) for et in range(etp)]
+    out = []
+    for p in range(pp):
+        for t, e, et in trip:
+            d = 'mp_rank_%02d' % t + ('_%03d' % p if pp > 1 else '') + ('_%03d' % e if ep > 1 else '')
+            out.append((d, t, p, e, et))
+    return out
+
+
+def expected_checkpoint(hf, L):
+    """dir -> {key: Spec} for layout L, from the HF tensors and LoongForge's rules."""
+    tp, ep = L['tp'], L['ep']
+    etp = L.get('etp') or tp
+    c2f = bool(L.get('convert_to_fp8'))
+    per_ep = M.E // ep
+    stages = stage_layers(L)
+    cache = {}
+
+    def lt(*keys):
+        if keys not in cache:
+            cache[keys] = Logical(hf, list(keys))
+        return cache[keys]
+
+    def lin(d, key, keys, rule, t, n=tp, ignore_tp=False, extra=True, fp8_capable=True):
+        d[key + '.weight'] = shard_spec(lt(*keys), rule, n, t, c2f and fp8_capable, ignore_tp)
+        if extra:
+            d[key + '._extra_state'] = Spec('none')
+
+    def layer(d, mp, hl, t, e, et):
+        h = 'model.layers.%d.' % hl
+        plain = lambda k, src: d.__setitem__(mp + k, shard_spec(lt(h + src), 'repl', 1, 0, False, False))  # noqa
+        plain('input_layernorm.weight', 'input_layernorm.weight')
+        a = mp + 'self_attention.'
+        lin(d, a + 'linear_q_down_proj', [h + 'self_attn.q_a_proj.weight'], 'rows', t, ignore_tp=True)
+        plain('self_attention.linear_q_up_proj.layer_norm_weight', 'self_attn.q_a_layernorm.weight')
+        lin(d, a + 'linear_q_up_proj', [h + 'self_attn.q_b_proj.weight'], 'rows', t)
+        lin(d, a + 'linear_kv_down_proj', [h + 'self_attn.kv_a_proj_with_mqa.weight'], 'rows', t, ignore_tp=True)
+        plain('self_attention.linear_kv_up_proj.layer_norm_weight', 'self_attn.kv_a_layernorm.weight')
+        lin(d, a + 'linear_kv_up_proj', [h + 'self_attn.kv_b_proj.weight'], 'rows', t)
+        lin(d, a + 'linear_proj', [h + 'self_attn.o_proj.weight'], 'cols', t)
+        plain('pre_mlp_layernorm.weight', 'post_attention_layernorm.weight')
+        if not M.is_moe(hl):
+            lin(d, mp + 'mlp.linear_fc1', [h + 'mlp.gate_proj.weight', h + 'mlp.up_proj.weight'], 'gateup', t)
+            lin(d, mp + 'mlp.linear_fc2', [h + 'mlp.down_proj.weight'], 'cols', t)
+            return
+        plain('mlp.router.weight', 'mlp.gate.weight')
+        plain('mlp.router.expert_bias', 'mlp.gate.e_score_correction_bias')
+        s = h + 'mlp.shared_experts.'
+        lin(d, mp + 'mlp.shared_experts.linear_fc1', [s + 'gate_proj.weight', s + 'up_proj.weight'], 'gateup', t)
+        lin(d, mp + 'mlp.shared_experts.linear_fc2', [s + 'down_proj.weight'], 'cols', t)
+        for i in range(per_ep):
+            x = h + 'mlp.experts.%d.' % (e * per_ep + i)
+            for fc, keys, rule in (('linear_fc1', [x + 'gate_proj.weight', x + 'up_proj.weight'], 'gateup'),
+                                   ('linear_fc2', [x + 'down_proj.weight'], 'cols')):
+                if L.get('grouped'):
+                    mod = mp + 'mlp.experts.' + fc
+                    d[mod + '.weight%d' % i] = shard_spec(lt(*keys), rule, etp, et, c2f, False)
+                    d[mod + '._extra_state'] = Spec('none')
+                else:
+                    lin(d, mp + 'mlp.experts.local_experts.%d.%s' % (i, fc), keys, rule, et, n=etp)
+
+    out = {}
+    for d_name, t, p, e, et in rank_files(L):
+        d = {}
+        def emb():
+            dt, arr = hf['model.embed_tokens.weight']
+            return shard_spec(Plain(dt, pad_vocab(arr, tp)), 'rows', tp, t, False, False)
+        if p == 0:
+            d['embedding.word_embeddings.weight'] = emb()
+        for g, loc in stages[p]:
+            if g < M.N:
+                layer(d, 'decoder.layers.%d.' % loc, g, t, e, et)
+        if any(g == M.N - 1 for g, _ in stages[p]):
+            d['decoder.final_layernorm.weight'] = shard_spec(lt('model.norm.weight'), 'repl', 1, 0, False, False)
+            d['decoder.final_layernorm._extra_state'] = Spec('none')
+            dt, arr = hf['lm_head.weight']
+            d['output_layer.weight'] = shard_spec(Plain(dt, pad_vocab(arr, tp)), 'rows', tp, t, False, False)
+        for g, loc in stages[p]:
+            if g >= M.N:
+                h = 'model.layers.%d.' % g
+                mp = 'mtp.layers.%d.' % loc
+                d['embedding.word_embeddings.weight'] = emb()  # the MTP stage's copy (LoongForge §4.5)
+                d[mp + 'enorm.weight'] = shard_spec(lt(h + 'enorm.weight'), 'repl', 1, 0, False, False)
+                d[mp + 'hnorm.weight'] = shard_spec(lt(h + 'hnorm.weight'), 'repl', 1, 0, False, False)
+                # eh_proj: rows over TP, no _extra_state. LoongForge quantizes it to FP8 in every
+                # conversion (hf dtype bf16, mcore dtype fp8); ckbridge only with --convert_to_fp8.
+                lin(d, mp + 'eh_proj', [h + 'eh_proj.weight'], 'rows', t, extra=False)
+                d[mp + 'final_layernorm.weight'] = shard_spec(lt(h + 'shared_head.norm.weight'), 'repl', 1, 0,
+                                                              False, False)
+                d[mp + 'final_layernorm._extra_state'] = Spec('none')
+                layer(d, mp + 'transformer_layer.', g, t, e, et)
+        out[d_name] = d
+    return out
+
+
+# ----------------------------------------------------------------------------------- runners
+def run(args, expect_ok=True):
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    if expect_ok and r.returncode != 0:
+        raise AssertionError('%s failed (%d):\n%s%s' % (' '.join(map(str, args)), r.returncode, r.stdout, r.stderr))
+    return r
+
+
+def layout_flags(L):
+    f = ['--tensor_model_parallel_size', L['tp'], '--pipeline_model_parallel_size', L['pp'],
+         '--expert_parallel_size', L['ep']]
+    if L.get('etp') is not None:
+        f += ['--expert_tensor_parallel_size', L['etp']]
+    if L.get('grouped'):
+        f += ['--moe-grouped-gemm']
+    if L.get('custom'):
+        f += ['--custom_pipeline_layers', ','.join(map(str, L['custom']))]
+    if L.get('convert_to_fp8'):
+        f += ['--convert_to_fp8']
+    return f + list(L.get('extra', []))
+
+
+def convert(src, dst, L, to='mcore', expect_ok=True):
+    frm = 'huggingface' if to == 'mcore' else 'mcore'
+    return run([CONVERT, '--load_platform', frm, '--save_platform', to, '--config_file', CFG, '--convert_file', CONV,
+                '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors', '--max_workers', 2,
+                '--hf_max_shard_size', SHARD, '-q'] + layout_flags(L), expect_ok)
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_file(path, exp, L, notes):
+    obj = load_mcore(path)
+    assert set(obj) == {'args', 'checkpoint_version', 'iteration', 'model'}, sorted(obj)
+    assert obj['checkpoint_version'] == 3.0 and obj['iteration'] == 0, (obj['checkpoint_version'], obj['iteration'])
+    a = vars(obj['args'])
+    want_args = {'num_layers': M.N, 'hidden_size': M.H, 'num_attention_heads': M.heads,
+                 'tensor_model_parallel_size': L['tp'], 'pipeline_model_parallel_size': L['pp'],
+                 'expert_model_parallel_size': L['ep'], 'expert_tensor_parallel_size': L.get('etp') or L['tp'],
+                 'num_experts': M.E, 'mtp_num_layers': M.MTP, 'vocab_size': M.V,
+                 'padded_vocab_size': pad_vocab(np.zeros((M.V, 1)), L['tp']).shape[0],
+                 'moe_grouped_gemm': bool(L.get('grouped'))}
+    for k, v in want_args.items():
+        assert k in a and a[k] == v, 'args.%s = %r, expected %r' % (k, a.get(k, '<missing>'), v)
+    model = obj['model']
+    got, want = set(model), set(exp)
+    assert got == want, 'keys differ: missing %s; extra %s' % (sorted(want - got)[:10], sorted(got - want)[:10])
+    for k, s in exp.items():
+        v = model[k]
+        if s.kind == 'none':
+            assert v is None, '%s: expected None, got %r' % (k, type(v))
+            continue
+        if s.kind == 'plain':
+            assert isinstance(v, torch.Tensor), '%s: expected a tensor, got %r' % (k, type(v))
+            dt, arr = t2np(v)
+            assert dt == s.dtype, '%s: dtype %s, expected %s' % (k, dt, s.dtype)
+            assert arr.shape == s.arr.shape, '%s: shape %s, expected %s' % (k, arr.shape, s.arr.shape)
+            assert arr.tobytes() == np.ascontiguousarray(s.arr).tobytes(), '%s: values differ' % k
+            continue
+        # FP8: the TE Float8BlockwiseQTensor's rowwise data (uint8) and scale_inv (fp32, padded to 4 cols)
+        assert not isinstance(v, torch.Tensor) and hasattr(v, 'data'), '%s: expected a TE FP8 tensor, got %r' % (
+            k, type(v))
+        assert v.shape == s.arr.shape, '%s: shape %s, expected %s' % (k, v.shape, s.arr.shape)
+        dt, data = t2np(v.data)
+        assert dt == 'U8' and data.shape == s.arr.shape, (k, dt, data.shape)
+        _, scale = t2np(v.scale)
+        want_scale = pad4(s.scale)
+        assert scale.shape == want_scale.shape, '%s: scale shape %s, expected %s' % (k, scale.shape, want_scale.shape)
+        assert np.all(scale[:, s.scale.shape[1]:] == 0), '%s: scale padding columns are not zero' % k
+        q = v.quantizer
+        assert q['force_pow_2_scales'] is bool(s.pow2), '%s: quantizer force_pow_2_scales %r, scales pow2 %r' % (
+            k, q['force_pow_2_scales'], s.pow2)
+        assert q['amax_epsilon'] == 0.0 and q['block_scaling_dim'] == 2, (k, q)
+        assert v.dtype == torch.bfloat16, '%s: fake dtype %s' % (k, v.dtype)
+        if s.x is not None:  # quantized here: bound first (a clear message), then the TE bits
+            within_fp8_bound(s.x, data, scale, k)
+            assert is_pow2(scale[:, :s.scale.shape[1]]) == s.pow2, '%s: scale kind is not pow2=%s' % (k, s.pow2)
+        assert scale[:, :s.scale.shape[1]].tobytes() == s.scale.tobytes(), '%s: scale_inv differs (%s)' % (k, s.how)
+        assert data.tobytes() == np.ascontiguousarray(s.arr).tobytes(), '%s: FP8 data differs (%s)' % (k, s.how)
+        notes[s.how] = notes.get(s.how, 0) + 1
+
+
+def check_mcore(hf, out, L):
+    with open(os.path.join(out, 'latest_checkpointed_iteration.txt')) as f:
+        assert f.read().strip() == 'release'
+    exp = expected_checkpoint(hf, L)
+    have = sorted(os.listdir(os.path.join(out, 'release')))
+    assert have == sorted(exp), 'rank directories %s, expected %s' % (have, sorted(exp))
+    assert sorted(os.listdir(out)) == ['latest_checkpointed_iteration.txt', 'release'], os.listdir(out)
+    notes = {}
+    n_entries = 0
+    for d, e in exp.items():
+        files = os.listdir(os.path.join(out, 'release', d))
+        assert files == ['model_optim_rng.pt'], (d, files)
+        check_file(os.path.join(out, 'release', d, 'model_optim_rng.pt'), e, L, notes)
+        n_entries += len(e)
+    print('    %d files, %d entries checked; FP8 paths %s' % (len(exp), n_entries, notes))
+    return notes
+
+
+def same_files(a, b, names=None):
+    names = names or sorted(os.listdir(a))
+    assert sorted(os.listdir(b)) == sorted(os.listdir(a)), 'file sets differ: %s vs %s' % (
+        sorted(os.listdir(a)), sorted(os.listdir(b)))
+    for n in names:
+        with open(os.path.join(a, n), 'rb') as f1, open(os.path.join(b, n), 'rb') as f2:
+            assert f1.read() == f2.read(), '%s differs' % n
+
+
+def check_back_close(src_hf, out_hf, exact_ok, steps):
+    """HF output vs source: identical tensors where possible, else FP8 within the bound of the source."""
+    a, b = read_hf(src_hf), read_hf(out_hf)
+    assert set(a) == set(b), 'keys differ: %s' % sorted(set(a) ^ set(b))[:10]
+    approx = []
+    for k, (dt, arr) in a.items():
+        if k.endswith('weight_scale_inv'):
+            continue
+        dt2, arr2 = b[k]
+        assert dt == dt2 and arr.shape == arr2.shape, (k, dt, dt2, arr.shape, arr2.shape)
+        if arr.tobytes() == arr2.tobytes() and (dt != 'F8_E4M3' or a[k[:-6] + 'weight_scale_inv'][1].tobytes() ==
+                                                 b[k[:-6] + 'weight_scale_inv'][1].tobytes()):
+            continue
+        assert dt == 'F8_E4M3' and not exact_ok(k), '%s differs' % k
+        x = dequant(arr, a[k[:-6] + 'weight_scale_inv'][1])
+        s2 = b[k[:-6] + 'weight_scale_inv'][1]
+        within_fp8_bound(x, arr2, s2, k, steps)
+        approx.append(k)
+    return approx
+
+
+# ----------------------------------------------------------------------------------- main
+def main():
+    for p in (CONVERT, MAKE_TINY):
+        if not os.path.exists(p):
+            print('missing %s (build the deepseek_v3_convert and deepseek_v3_make_tiny targets)' % p)
+            print('0 passed, 1 failed')
+            return 1
+    work = tempfile.mkdtemp(prefix='ckb_convert_ds_')
+    try:
+        return run_all(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+LAYOUTS = [
+    # name, source, layout
+    ('fp8_tp2_pp2_ep2_etp1_grouped', 'fp8', dict(tp=2, pp=2, ep=2, etp=1, grouped=True)),
+    ('fp8_tp1_pp1_ep4_sequential', 'fp8', dict(tp=1, pp=1, ep=4)),
+    ('fp8_tp2_pp2_ep2_etp_unset', 'fp8', dict(tp=2, pp=2, ep=2, grouped=True)),
+    ('fp8_pp2_custom_1_3', 'fp8', dict(tp=2, pp=2, ep=2, etp=1, grouped=True, custom=[1, 3])),
+    ('bf16_tp2_pp2_ep2_etp1_grouped', 'bf16', dict(tp=2, pp=2, ep=2, etp=1, grouped=True)),
+    ('bf16_convert_to_fp8', 'bf16', dict(tp=2, pp=2, ep=2, etp=1, grouped=True, convert_to_fp8=True)),
+    ('fp8_tp4_requant', 'fp8', dict(tp=4, pp=1, ep=2)),
+]
+
+
+def run_all(work):
+    src = {k: os.path.join(work, 'hf_' + k) for k in ('fp8', 'bf16')}
+
+    def gen():
+        for k, d in src.items():
+            run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', d, '--dtype', k])
+    check('generate tiny FP8 and BF16 HF checkpoints', gen)
+    if FAILED:
+        return finish()
+    hf = {k: read_hf(d) for k, d in src.items()}
+
+    def source_kinds():
+        f8 = [k for k, v in hf['fp8'].items() if v[0] == 'F8_E4M3']
+        assert f8 and not any(v[0] == 'F8_E4M3' for v in hf['bf16'].values())
+        assert not is_pow2(hf['fp8'][f8[0][:-6] + 'weight_scale_inv'][1]), 'generator should give linear scales'
+    check('sources: FP8 (linear scales) and BF16', source_kinds)
+
+    for name, s, L in LAYOUTS:
+        out = os.path.join(work, name, 'mcore')
+        back = os.path.join(work, name, 'hf')
+        ok = [True]
+
+        def fwd():
+            try:
+                convert(src[s], out, L)
+            except Exception:
+                ok[0] = False
+                raise
+        check('%s: HF -> MCore runs' % name, fwd)
+        if not ok[0]:
+            continue
+
+        def verify(name=name, s=s, L=L, out=out):
+            notes = check_mcore(hf[s], out, L)
+            if name == 'fp8_tp4_requant':
+                assert notes.get('requant', 0) > 0 and notes.get('direct', 0) > 0, notes
+            elif L.get('convert_to_fp8'):
+                assert notes.get('quantize', 0) > 0 and 'direct' not in notes, notes
+            elif s == 'fp8':
+                assert set(notes) == {'direct'}, notes
+            else:
+                assert not notes, notes
+        check('%s: every MCore file, key and tensor as expected' % name, verify)
+
+        def rev(s=s, L=L, name=name, out=out, back=back):
+            convert(os.path.join(out, 'release'), back, L, to='huggingface')
+            if name == 'fp8_tp4_requant':
+                # blocks cut by TP 4 (o_proj, shared and expert fc1/fc2: 64-wide shards) come back re-quantized
+                approx = check_back_close(src[s], back, lambda k: not re.search(
+                    r'o_proj|shared_experts|experts\.\d+\.', k), steps=2)  # quantized twice
+                assert approx, 'expected re-quantized tensors'
+                print('    %d tensors re-quantized within the FP8 bound, the rest byte-identical' % len(approx))
+            elif L.get('convert_to_fp8'):
+                a, b = hf[s], read_hf(back)
+                n_fp8 = 0
+                for k, (dt, arr) in a.items():
+                    if k.endswith('weight_scale_inv'):
+                        continue
+                    dt2, arr2 = b[k]
+                    if dt2 == 'F8_E4M3':
+                        n_fp8 += 1
+                        within_fp8_bound(bf16_to_f32(arr), arr2, b[k[:-6] + 'weight_scale_inv'][1], k)
+                    elif arr2.tobytes() != arr.tobytes():
+                        # FP8 in MCore (eh_proj) and BF16 in HF: dequantized, so within the FP8 bound
+                        assert dt2 == dt == 'BF16' and k.endswith('eh_proj.weight'), '%s differs' % k
+                        x, y = bf16_to_f32(arr), bf16_to_f32(arr2)
+                        assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -3 + 1e-6), '%s beyond bound' % k
+                assert n_fp8 > 0
+                print('    %d HF tensors FP8, within the FP8 bound of the BF16 source' % n_fp8)
+            else:
+                same_files(src[s], back)
+        check('%s: MCore -> HF back to the source' % name, rev)
+
+    check_coverage(work, src, hf)
+    check_bad_inputs(work, src)
+    check_dry_run(work, src)
+    return finish()
+
+
+# ----------------------------------------------------------------------------------- coverage and bad input
+def copy_modified(src, dst, edit):
+    """Copy an HF directory through the safetensors package, with edit(shard_name, dict) applied."""
+    from safetensors.torch import load_file, save_file  # torch 1.13: BF16 yes, FP8 no
+    os.makedirs(dst)
+    index = json.load(open(os.path.join(src, 'model.safetensors.index.json')))
+    for p in sorted(glob.glob(os.path.join(src, '*.safetensors'))):
+        n = os.path.basename(p)
+        t = load_file(p)
+        edit(n, t)
+        save_file(t, os.path.join(dst, n))
+        for k in list(index['weight_map']):
+            if index['weight_map'][k] == n and k not in t:
+                del index['weight_map'][k]
+        for k in t:
+            index['weight_map'][k] = n
+    with open(os.path.join(dst, 'model.safetensors.index.json'), 'w') as f:
+        json.dump(index, f, indent=2)
+    shutil.copy(os.path.join(src, 'config.json'), dst)
+
+
+BASE = dict(tp=2, pp=2, ep=2, etp=1, grouped=True)
+
+
+def refused(src_dir, out, L, needles, to='mcore'):
+    r = convert(src_dir, out, L, to=to, expect_ok=False)
+    msg = r.stderr + r.stdout
+    assert r.returncode != 0, 'accepted (exit 0): %s' % msg
+    assert r.returncode == 1, 'exit %d (crash?): %s' % (r.returncode, msg)
+    assert 'error' in msg, msg
+    for n in needles:
+        assert n in msg, 'message does not name %r: %s' % (n, msg.strip())
+    assert not os.path.exists(out) or not os.listdir(out), 'output written: %s' % os.listdir(out)
+    print('    -> %s' % msg.strip().splitlines()[-1][:200])
+
+
+def check_coverage(work, src, hf):
+    first = sorted(glob.glob(os.path.join(src['bf16'], '*.safetensors')))[0]
+    first = os.path.basename(first)
+
+    def unknown():
+        d = os.path.join(work, 'cov_unknown')
+        copy_modified(src['bf16'], d, lambda n, t: t.__setitem__('model.layers.1.mlp.mystery.weight',
+                                                                  torch.zeros(4, 4)) if n == first else 0)
+        refused(d, os.path.join(work, 'cov_unknown_out'), BASE, ['model.layers.1.mlp.mystery.weight'])
+    check('coverage: an unknown extra tensor is refused, naming it', unknown)
+
+    victim = 'model.layers.2.mlp.experts.5.up_proj.weight'
+
+    def missing():
+        d = os.path.join(work, 'cov_missing')
+        copy_modified(src['bf16'], d, lambda n, t: t.pop(victim, None))
+        assert victim not in read_hf(d)
+        refused(d, os.path.join(work, 'cov_missing_out'), BASE, [victim])
+    check('coverage: a missing tensor is refused, naming it', missing)
+
+
+def check_bad_inputs(work, src):
+    victim = 'model.layers.1.self_attn.q_a_layernorm.weight'
+
+    def wrong_shape():
+        d = os.path.join(work, 'bad_shape')
+
+        def edit(n, t):
+            if victim in t:
+                t[victim] = t[victim][:-1].clone()
+        copy_modified(src['bf16'], d, edit)
+        refused(d, os.path.join(work, 'bad_shape_out'), BASE, [victim])
+    check('bad input: a tensor of the wrong shape', wrong_shape)
+
+    cases = [
+        ('TP 3 does not divide heads / ffn', dict(BASE, tp=3, etp=None), ['q_b_proj', 'not divisible by 3']),
+        ('--custom_pipeline_layers not summing to num_layers', dict(BASE, custom=[1, 2]), ['--custom_pipeline_layers']),
+        ('--custom_pipeline_layers with the wrong count', dict(BASE, custom=[1, 1, 2]), ['--custom_pipeline_layers']),
+        ('EP 3 does not divide the experts', dict(BASE, ep=3), ['--expert_parallel_size']),
+        ('--fp8_force_no_requant with TP 4 (blocks cut)', dict(tp=4, pp=1, ep=2, extra=['--fp8_force_no_requant']),
+         ['--fp8_force_no_requant']),
+    ]
+    for i, (what, L, needles) in enumerate(cases):
+        check('bad input: ' + what, refused, src['fp8'], os.path.join(work, 'bad_%d' % i), L, needles)
+
+    def occupied():
+        out = os.path.join(work, 'occupied')
+        os.makedirs(out)
+        with open(os.path.join(out, 'keep.txt'), 'w') as f:
+            f.write('mine')
+        r = convert(src['fp8'], out, BASE, expect_ok=False)
+        assert r.returncode == 1 and '--save_ckpt_path' in r.stderr and 'not empty' in r.stderr, r.stderr
+        assert os.listdir(out) == ['keep.txt'] and open(os.path.join(out, 'keep.txt')).read() == 'mine'
+        print('    -> %s' % r.stderr.strip().splitlines()[-1][:200])
+    check('bad input: output directory already holding files', occupied)
+
+    def wrong_layout():
+        mc = os.path.join(work, 'fp8_tp2_pp2_ep2_etp1_grouped', 'mcore', 'release')
+        assert os.path.isdir(mc), 'needs the first layout converted'
+        refused(mc, os.path.join(work, 'bad_layout_tp'), dict(BASE, tp=1), ['TP 1', 'mp_rank_'], to='huggingface')
+        refused(mc, os.path.join(work, 'bad_layout_pp'), dict(BASE, pp=1), ['PP 1'], to='huggingface')
+    check('bad input: MCore -> HF with flags contradicting the checkpoint (TP, PP)', wrong_layout)
+
+
+def check_dry_run(work, src):
+    def dry():
+        out = os.path.join(work, 'dry')
+        L = dict(BASE, extra=['--dry-run'])
+        r = convert(src['fp8'], out, L)
+        assert 'plan:' in r.stdout and 'output files' in r.stdout, r.stdout
+        assert not os.path.exists(out), 'dry run wrote %s' % out
+        n = len(rank_files(BASE))
+        assert ('plan: %d output files' % n) in r.stdout, (n, r.stdout)
+        print('    -> %s' % r.stdout.strip().splitlines()[0])
+    check('--dry-run prints the plan and writes nothing', dry)
+
+
+def finish():
+    print('%d passed, %d failed' % (len(PASSED), len(FAILED)))
+    return 1 if FAILED else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
