@@ -96,6 +96,10 @@ BOOST_AUTO_TEST_CASE(self_ordering) {
   const auto a = load_yaml(kFeat / "self_first.yaml");
   BOOST_TEST(S(a["name"]) == "base");  // _self_ first: the included config wins
   BOOST_TEST(I(a["only_here"]) == 1);
+  const auto r = load_yaml(kFeat / "sub" / "rel_parent.yaml");
+  BOOST_TEST(S(r["name"]) == "base");  // ../base relative to sub/
+  BOOST_TEST(I(r["own"]) == 1);
+  BOOST_TEST(I(r["port"]) == 2);
   const auto b = load_yaml(kFeat / "implicit_self.yaml");
   BOOST_TEST(S(b["name"]) == "implicit");
 }
