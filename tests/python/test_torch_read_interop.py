@@ -196,6 +196,37 @@ def case_state_dict(tmp):
     roundtrip("many_items", big, tmp)
 
 
+def case_rng_and_optimizer(tmp):
+    # What Megatron adds beside the model: python/numpy/torch RNG states, optimizer state with int keys.
+    import random
+    import numpy as np
+    random.seed(3)
+    np.random.seed(3)
+    exp_avg = torch.randn(4, 3)
+    obj = {"rng_state": [{"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
+                          "torch_rng_state": torch.get_rng_state(), "rng_tracker_states": {"model-parallel-rng": torch.get_rng_state()}}],
+           "optimizer": {"optimizer": {"state": {0: {"exp_avg": exp_avg, "step": 3}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}},
+           "opt_param_scheduler": {"max_lr": 3e-4, "num_steps": 10}}
+    path = os.path.join(tmp, "rng.pt")
+    torch.save(obj, path)
+    try:
+        got = dump("file", path)
+    except Exception as e:  # noqa: BLE001
+        check("rng/optimizer file", False, str(e))
+        return
+    top = dict((k, v) for k, v in got["__dict__"])
+    rng = dict((k, v) for k, v in top["rng_state"][0]["__dict__"])
+    py_state = random.getstate()
+    check("python random state", rng["random_rng_state"]["__tuple__"][0] == py_state[0]
+          and rng["random_rng_state"]["__tuple__"][1]["__tuple__"] == list(py_state[1]), str(rng["random_rng_state"])[:300])
+    np_state = rng["np_rng_state"]
+    check("numpy state stays an opaque call tree", "__tuple__" in np_state and np_state["__tuple__"][0] == "MT19937", str(np_state)[:300])
+    check("torch rng tensor", strip_keys(rng["torch_rng_state"]) == J(torch.get_rng_state()), "")
+    opt = dict((k, v) for k, v in top["optimizer"]["__dict__"])
+    state = dict((k, v) for k, v in opt["optimizer"]["__dict__"])["state"]["__dict__"]
+    check("optimizer int keys", state[0][0] == 0 and strip_keys(dict(state[0][1]["__dict__"])["exp_avg"]) == J(exp_avg), str(state)[:300])
+
+
 def case_big_file(tmp):
     # ~320 MB of storage: zero-copy views over a large mapping; CRCs of every record checked.
     n = 80 * 1024 * 1024
@@ -539,7 +570,8 @@ def main():
         print("0 passed, 1 failed")
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        for case in (case_values, case_state_dict, case_te_forms, case_megatron_layouts, case_bad_inputs, case_big_file):
+        for case in (case_values, case_state_dict, case_te_forms, case_megatron_layouts, case_rng_and_optimizer, case_bad_inputs,
+                     case_big_file):
             try:
                 case(tmp)
             except Exception as e:  # noqa: BLE001
