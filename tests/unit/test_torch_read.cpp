@@ -570,7 +570,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_directories) {
   // iteration checkpoint, TP2 x EP2 (two-number names)
   write_file(root / "latest_checkpointed_iteration.txt", " 42\n");
   for (const char* d : {"mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"})
-    std::filesystem::create_directories(root / "iter_0000042" / d);
+    write_file(root / "iter_0000042" / d / "model_optim_rng.pt", "");
   std::filesystem::create_directories(root / "iter_0000042" / "other");
   auto c = open_megatron_checkpoint(root);
   BOOST_TEST(!c.release);
@@ -583,17 +583,20 @@ BOOST_AUTO_TEST_CASE(checkpoint_directories) {
   const auto rel = temp_dir("rel");
   write_file(rel / "latest_checkpointed_iteration.txt", "release");
   std::filesystem::create_directories(rel / "release" / "mp_rank_00_000_000");
+  auto msg = error_of([&] { open_megatron_checkpoint(rel); });
+  BOOST_TEST((contains(msg, "mp_rank_00_000_000") && contains(msg, "model_optim_rng.pt: missing")), msg);
+  write_file(rel / "release" / "mp_rank_00_000_000" / "model_optim_rng.pt", "");
   auto r = open_megatron_checkpoint(rel);
   BOOST_TEST(r.release);
   BOOST_TEST(r.ranks.front().model_file() == rel / "release" / "mp_rank_00_000_000" / "model_optim_rng.pt");
   // errors name the file
   write_file(rel / "latest_checkpointed_iteration.txt", "latest");
-  auto msg = error_of([&] { open_megatron_checkpoint(rel); });
+  msg = error_of([&] { open_megatron_checkpoint(rel); });
   BOOST_TEST((contains(msg, "latest_checkpointed_iteration.txt") && contains(msg, "'latest'")), msg);
   write_file(rel / "latest_checkpointed_iteration.txt", "7");
   msg = error_of([&] { open_megatron_checkpoint(rel); });
   BOOST_TEST(contains(msg, "iter_0000007"), msg);
-  std::filesystem::create_directories(root / "iter_0000042" / "mp_rank_01");
+  write_file(root / "iter_0000042" / "mp_rank_01" / "model_optim_rng.pt", "");
   msg = error_of([&] { open_megatron_checkpoint(root); });
   BOOST_TEST(contains(msg, "mixed mp_rank name forms"), msg);
   std::filesystem::remove_all(root);

@@ -221,6 +221,8 @@ inline MegatronCheckpointDir open_megatron_checkpoint(const std::filesystem::pat
       fail(c.iter_dir.string(), ": torch_dist/DCP checkpoint, not the legacy torch format");
     fail(c.iter_dir.string(), ": no mp_rank_* directories");
   }
+  for (const auto& r : c.ranks)
+    if (!fs::is_regular_file(r.model_file())) fail(r.model_file().string(), ": missing (rank directory without its checkpoint file)");
   resolve_rank_axes(c, second_index_is_ep);
   return c;
 }
