@@ -469,6 +469,18 @@ BOOST_AUTO_TEST_CASE(hf_dtype_and_quantization) {
                {"q.json", "quant_method", "compressed-tensors"});
 }
 
+BOOST_AUTO_TEST_CASE(legacy_json_common_config) {
+  // LoongForge's --common_config_path: the same schema, pre-resolved, as JSON.
+  const auto f = kFeat / "legacy_common_config.json";
+  const auto c = convert_config_from_yaml(load_yaml(f), f.string());
+  BOOST_TEST(c.arg_int("common", "num_layers") == 2);
+  BOOST_TEST(c.transpose_mlp_dense);
+  BOOST_TEST(c.hf_key("mlp.dense_h_to_4h", 1, "weight", 1) == "model.layers.1.mlp.up_proj.weight");
+  BOOST_TEST(c.mcore_key("mlp.dense_h_to_4h", McoreWhere{McoreWhere::Decoder, 0}) == "decoder.layers.0.mlp.linear_fc1.weight");
+  BOOST_TEST((c.tp_split("mlp.dense_h_to_4h", false) == TpSplit::Dim0GateUp));
+  expect_error([&] { c.arg_int("common", "hidden_size"); }, {"legacy_common_config.json", "args.common.hidden_size"});
+}
+
 BOOST_AUTO_TEST_CASE(name_map_parsing_errors) {
   auto parse = [](const std::string& mcore) {
     return convert_config_from_yaml(YAML::Load("name_map:\n  huggingface: {transformer: model}\n  mcore:\n" + mcore), "c.yaml");
