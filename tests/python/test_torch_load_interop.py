@@ -57,6 +57,12 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
+TORCH_VERSION = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2])
+# torch >= 2.4 writes .format_version/.storage_alignment/byteorder/serialization_id and storages
+# in numeric key order; torch 1.x only data.pkl, data/<key> in string order, version.
+FLAVOR = 'torch2' if TORCH_VERSION >= (2, 4) else 'torch1'
+
+
 # ----------------------------------------------------------------------------- raw zip parsing
 def walk(buf):
     """Central-directory driven walk returning per-record facts; asserts miniz/torch invariants."""
@@ -219,12 +225,15 @@ def t_byte_identity(tmp, scenario, obj):
         ours, ref = os.path.join(tmp, 'o', scenario + '.pt'), os.path.join(tmp, 'r', scenario + '.pt')
         os.makedirs(os.path.dirname(ours), exist_ok=True)
         os.makedirs(os.path.dirname(ref), exist_ok=True)
-        run(scenario, ours, 'torch1')
+        run(scenario, ours, FLAVOR)
         torch.save(obj, ref)
         a, b = open(ours, 'rb').read(), open(ref, 'rb').read()
         if a != b:
             i = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
-            raise AssertionError('differs from torch.save at byte %d (sizes %d, %d)' % (i, len(a), len(b)))
+            za, zb = zipfile.ZipFile(ours), zipfile.ZipFile(ref)
+            diff = [n for n in zb.namelist() if n not in za.namelist() or za.read(n) != zb.read(n)]
+            raise AssertionError('differs from torch %s torch.save at byte %d (sizes %d, %d); records differing: %s'
+                                 % (torch.__version__, i, len(a), len(b), diff))
         same(load(ours), obj)
         walk(a)
     return f
@@ -409,8 +418,61 @@ def t_zip64(tmp):
             assert obj['small0'].tolist() == [0.0, 1.0, 2.0] and obj['small1'].tolist() == [1.0, 2.0, 3.0]
             assert obj['big'].numel() == (4 << 30) + 4096 and obj['big'].dtype == torch.uint8
             assert int(obj['big'][-4096:].sum()) == 0
+            if TORCH_VERSION >= (2, 4) and shutil.disk_usage(tmp).free > (12 << 30):
+                # torch.save of the same dict must give the same bytes, zip64 structures included
+                ref = os.path.join(tmp, 'bigref', 'big.pt')
+                os.makedirs(os.path.dirname(ref), exist_ok=True)
+                torch.save(obj, ref)
+                del obj
+                with open(p, 'rb') as fa, open(ref, 'rb') as fb:
+                    off = 0
+                    while True:
+                        a, b = fa.read(64 << 20), fb.read(64 << 20)
+                        assert a == b, 'differs from torch.save in the 64 MiB block at %d' % off
+                        if not a:
+                            break
+                        off += len(a)
+                print('  (byte-identical to torch %s torch.save, %d bytes)' % (torch.__version__, off))
         else:
             print('  (torch.load of the 4 GiB file skipped: %.1f GiB available)' % (mem / 2**30))
+    return f
+
+
+def fp8_obj():
+    a = torch.tensor([0x38 + i for i in range(6)], dtype=torch.uint8).view(torch.float8_e4m3fn).reshape(2, 3)
+    return {'e4m3': a, 'e4m3_t': torch.as_strided(a, (2, 2), (1, 3), 1),
+            'e5m2': torch.tensor([0x3C + i for i in range(4)], dtype=torch.uint8).view(torch.float8_e5m2),
+            'e8m0': torch.tensor([127, 130], dtype=torch.uint8).view(torch.float8_e8m0fnu),
+            'bf16': torch.arange(3, dtype=torch.bfloat16)}
+
+
+def t_loaders(tmp):
+    """torch >= 2.4 load paths: default weights_only, mmap, and the computed storage offsets."""
+    def f():
+        p = os.path.join(tmp, 'ld', 'mixed.pt')
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        run('mixed', p, 'torch2')
+        import argparse
+        # weights_only=True is the default on torch >= 2.6; Namespace and bytes (b'' pickles as
+        # GLOBAL bytes) need allowlisting exactly as for torch's own file of this object
+        with torch.serialization.safe_globals([argparse.Namespace, bytes]):
+            same(torch.load(p), mixed_obj())
+        q = os.path.join(tmp, 'ld', 'simple.pt')
+        run('simple', q, 'torch2')
+        same(torch.load(q), simple_obj())  # plain tensors/dicts: no allowlist needed
+        same(torch.load(p, mmap=True, weights_only=False), mixed_obj())
+        cfg = getattr(getattr(torch.utils, 'serialization', None), 'config', None)
+        if cfg is not None and hasattr(cfg.load, 'calculate_storage_offsets'):
+            old = cfg.load.calculate_storage_offsets
+            cfg.load.calculate_storage_offsets = True
+            os.environ['TORCH_SERIALIZATION_DEBUG'] = '1'
+            try:
+                same(torch.load(p, mmap=True, weights_only=False), mixed_obj())
+            finally:
+                cfg.load.calculate_storage_offsets = old
+                del os.environ['TORCH_SERIALIZATION_DEBUG']
+        else:
+            print('  (calculate_storage_offsets not in this torch)')
     return f
 
 
@@ -420,6 +482,14 @@ def main():
         check('byte_identity.simple', t_byte_identity(tmp, 'simple', simple_obj()))
         check('byte_identity.mixed', t_byte_identity(tmp, 'mixed', mixed_obj()))
         check('torch2_layout.mixed', t_torch2_layout(tmp))
+        if hasattr(torch, 'float8_e8m0fnu'):
+            check('byte_identity.fp8', t_byte_identity(tmp, 'fp8', fp8_obj()))
+        else:
+            print('SKIP byte_identity.fp8 (torch %s has no float8 dtypes)' % torch.__version__)
+        if TORCH_VERSION >= (2, 4):
+            check('torch2_loaders', t_loaders(tmp))
+        else:
+            print('SKIP torch2_loaders (torch %s)' % torch.__version__)
         for v in TE_VERSIONS:
             check('te_form.%s' % v, t_te(tmp, v))
         check('megatron_layout', t_megatron(tmp))

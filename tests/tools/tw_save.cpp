@@ -201,6 +201,20 @@ int main(int argc, char** argv) {
       tv.intenum_by_name = by_name == 'n';
       v = te_dict(tv);
       opt.flavor = format::TorchFlavor::Torch2;
+    } else if (sc == "fp8") {
+      // float8 tensors use _rebuild_tensor_v3 + torch.storage.UntypedStorage (torch >= 2.1)
+      v = Value::dict();
+      Tensor a(DType::F8_E4M3, {2, 3}), b(DType::F8_E5M2, {4}), c(DType::F8_E8M0, {2});
+      for (int i = 0; i < 6; ++i) a.data()[i] = std::byte(0x38 + i);
+      for (int i = 0; i < 4; ++i) b.data()[i] = std::byte(0x3C + i);
+      c.data()[0] = std::byte(127), c.data()[1] = std::byte(130);
+      auto at = std::make_shared<Tensor>(std::move(a));
+      auto st = Value::make_storage(std::as_const(*at).view(), at);
+      v.set("e4m3", Value::tensor(st, 0, {2, 3}, {3, 1}));
+      v.set("e4m3_t", Value::tensor(st, 1, {2, 2}, {1, 3}));  // a transposed view of the same storage
+      v.set("e5m2", Value::tensor(std::move(b)));
+      v.set("e8m0", Value::tensor(std::move(c)));
+      v.set("bf16", Value::tensor(bf16_arange({3})));
     } else if (sc == "big") {
       // 4 GiB + 4 KiB of zeros between two small tensors: zip64 sizes, then zip64 offsets
       v = Value::dict();

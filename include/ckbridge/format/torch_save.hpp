@@ -9,11 +9,14 @@
 //   data/0 .. data/N-1, version ("3\n"), .data/serialization_id
 // TorchFlavor::Torch1 (torch 1.13): data.pkl, data/<key> in string order of the keys, version.
 // Every prefix is "<archive_name>/", by default the file name without its last extension.
+// For the same object graph (see pickle_writer.hpp on object identity) the files are
+// byte-identical to torch.save's: Torch1 checked against torch 1.13, Torch2 against torch 2.11
+// (tests/python/test_torch_load_interop.py).
 #include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <iomanip>
-#include <set>
+#include <unordered_set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -110,12 +113,14 @@ inline void write_view(ZipWriter& zw, const AnyConstView& v, std::vector<std::by
   }
 }
 
-// PyTorchStreamWriter's serialization id: 20 digits of a combined hash of the record names
-// (std::hash, in sorted order) then 20 digits of the combined descriptor CRCs. Informational
-// only: torch.load never reads it.
+// PyTorchStreamWriter's serialization id: 20 digits of a combined hash of the record names, then
+// 20 digits of the combined descriptor CRCs. torch keeps the names in a std::unordered_set and
+// hashes them in its iteration order; inserting the same names in the same order into libstdc++'s
+// unordered_set reproduces that order (verified equal to torch 2.11's ids; a libc++ build differs).
+// Informational only: torch.load never reads it.
 inline std::string serialization_id(const std::vector<ZipWriter::Entry>& entries, std::size_t prefix_len,
                                     std::uint64_t combined_crc) {
-  std::set<std::string> names;
+  std::unordered_set<std::string> names;
   for (const auto& e : entries) names.insert(e.name.substr(prefix_len));
   std::uint64_t h = 0;
   for (const auto& n : names) h = ZipWriter::hash_combine(h, std::hash<std::string>{}(n));
