@@ -2,8 +2,11 @@
 // Dequantization of 128x128 blockwise E4M3 (y = RN(f32(q) * s[i/128, j/128]), to fp32 or to bf16
 // by RNE with NaN -> 0x7FFF, the bits CUDA produces), the power-of-two test LoongForge uses to
 // decide between direct copy and re-quantization, and re-quantization itself.
+#include <algorithm>
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/tensor.hpp"

@@ -13,10 +13,12 @@
 // Methods are the policies of fp8_math.hpp (te, pt, pt_loongforge_raw). The CPU path is always
 // available (multi-threaded over blocks); Device::Auto uses the CUDA kernels when they are
 // compiled into the program and a GPU is visible (device.hpp). Both give identical bytes.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/tensor.hpp"
