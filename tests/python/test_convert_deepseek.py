@@ -728,7 +728,8 @@ def check_bad_inputs(work, src):
     check('bad input: a tensor of the wrong shape', wrong_shape)
 
     cases = [
-        ('TP 3 does not divide heads / ffn', dict(BASE, tp=3, etp=None), ['q_b_proj', 'not divisible by 3']),
+        ('TP 3 does not divide heads / ffn', dict(BASE, tp=3, etp=None), ['--tensor_model_parallel_size 3', 'q_b_proj',
+                                                                          'not divisible by 3']),
         ('--custom_pipeline_layers not summing to num_layers', dict(BASE, custom=[1, 2]), ['--custom_pipeline_layers']),
         ('--custom_pipeline_layers with the wrong count', dict(BASE, custom=[1, 1, 2]), ['--custom_pipeline_layers']),
         ('EP 3 does not divide the experts', dict(BASE, ep=3), ['--expert_parallel_size']),
@@ -754,7 +755,13 @@ def check_bad_inputs(work, src):
         assert os.path.isdir(mc), 'needs the first layout converted'
         refused(mc, os.path.join(work, 'bad_layout_tp'), dict(BASE, tp=1), ['TP 1', 'mp_rank_'], to='huggingface')
         refused(mc, os.path.join(work, 'bad_layout_pp'), dict(BASE, pp=1), ['PP 1'], to='huggingface')
-    check('bad input: MCore -> HF with flags contradicting the checkpoint (TP, PP)', wrong_layout)
+        refused(mc, os.path.join(work, 'bad_layout_etp'), dict(BASE, etp=2), ['ETP 2', 'mp_rank_'], to='huggingface')
+        refused(mc, os.path.join(work, 'bad_layout_seq'), dict(BASE, grouped=False),
+                ['local_experts.0.linear_fc1.weight', '--moe-grouped-gemm'], to='huggingface')
+        refused(mc, os.path.join(work, 'bad_layout_split'), dict(BASE, custom=[1, 3]),
+                ['input_layernorm.weight', 'pipeline split'], to='huggingface')
+    check('bad input: MCore -> HF with flags contradicting the checkpoint (TP, PP, ETP, experts, split)',
+          wrong_layout)
 
 
 def check_dry_run(work, src):

@@ -201,7 +201,12 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
     const bool expert = in.kind.where == model::Where::Expert;
     const int size = expert ? etp : o.tp;
     const bool replicate = me.ignore_tp || (tfp8 && me.fp8_ignore_tp);
-    const std::vector<layout::ShardMap> maps = tp_maps(in.kind.tp_rule, replicate, src->name, src->full, size, vocab);
+    std::vector<layout::ShardMap> maps;
+    try {
+      maps = tp_maps(in.kind.tp_rule, replicate, src->name, src->full, size, vocab);
+    } catch (const Error& err) {  // name the flag that set the parallel size
+      fail(expert ? "--expert_tensor_parallel_size " : "--tensor_model_parallel_size ", size, ": ", err.what());
+    }
 
     Fp8Settings fs;
     fs.method = o.quant_method;

@@ -64,7 +64,10 @@ inline McoreShard read_mcore_shard(const format::MegatronRankFile& f, const std:
     if (m.key == dict) md = &m;
   if (!md) fail(f.file_name(), ": has no model state dict '", dict, "' (needed for '", key, "')");
   const format::ModelEntry* e = md->find(key);
-  if (!e) fail(f.file_name(), ": tensor '", dict, "/", key, "' required by the model config is missing");
+  if (!e)
+    fail(f.file_name(), ": tensor '", dict, "/", key,
+         "' required by the model config is missing (do --moe-grouped-gemm, the pipeline split flags and "
+         "--mtp_num_layers match the ones the checkpoint was written with?)");
   McoreShard s;
   s.where = where;
   using K = format::ModelEntry::Kind;
