@@ -350,13 +350,21 @@ private:
     return g;
   }
 
+  // Picklers number memo entries densely from 0: keep those in a vector, stray ids in a map.
   void memo_put(std::uint64_t idx) {
-    if (memo_.size() >= kMaxMemo && !memo_.count(idx)) err("more than ", kMaxMemo, " memo entries");
-    memo_[idx] = top();
+    if (idx < dense_memo_.size() + 64 && idx < kMaxMemo) {
+      if (idx >= dense_memo_.size()) dense_memo_.resize(idx + 1);
+      dense_memo_[idx] = top();
+      return;
+    }
+    if (sparse_memo_.size() >= kMaxMemo && !sparse_memo_.count(idx)) err("more than ", kMaxMemo, " memo entries");
+    sparse_memo_[idx] = top();
   }
+  std::uint64_t memo_size() const { return dense_memo_.size() + sparse_memo_.size(); }
   ObjectPtr memo_get(std::uint64_t idx) {
-    auto it = memo_.find(idx);
-    if (it == memo_.end()) err("memo key ", idx, " was never stored");
+    if (idx < dense_memo_.size() && dense_memo_[idx]) return dense_memo_[idx];
+    auto it = sparse_memo_.find(idx);
+    if (it == sparse_memo_.end()) err("memo key ", idx, " was never stored");
     return it->second;
   }
 
@@ -485,7 +493,7 @@ private:
       case '2': push(top()); return;
       case 'q': memo_put(le(1)); return;
       case 'r': memo_put(le(4)); return;
-      case 0x94: memo_put(memo_.size()); return;
+      case 0x94: memo_put(memo_size()); return;
       case 'p': memo_put(parse_index(line())); return;
       case 'h': push(memo_get(le(1))); return;
       case 'j': push(memo_get(le(4))); return;
@@ -835,7 +843,8 @@ private:
   Limits limits_;
   std::vector<ObjectPtr> stack_;
   std::vector<std::size_t> marks_;
-  std::map<std::uint64_t, ObjectPtr> memo_;
+  std::vector<ObjectPtr> dense_memo_;
+  std::map<std::uint64_t, ObjectPtr> sparse_memo_;
   std::map<std::string, ObjectPtr> storages_;
   std::size_t tensors_seen_ = 0;
 };
