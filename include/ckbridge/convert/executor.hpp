@@ -31,12 +31,19 @@ struct Progress {
   bool quiet = false;
   std::mutex mu;
   std::chrono::steady_clock::time_point last{};
+  std::function<void()> release;  // called every release_every bytes
+  std::uint64_t release_every = 256ull << 20;
+  std::atomic<std::uint64_t> since_release{0};
 
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   void add(std::uint64_t n) {
     done += n;
+    if (release && (since_release += n) >= release_every) {
+      since_release = 0;
+      release();
+    }
     report(false);
   }
   void report(bool final) {
@@ -99,6 +106,7 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
   Progress prog;
   prog.total = plan.output_bytes();
   prog.quiet = quiet;
+  prog.release = plan.release_sources;
   std::vector<std::size_t> order(plan.files.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),

@@ -264,6 +264,9 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
     plan.consume(copy_key);
   }
   plan.check_coverage();
+  plan.release_sources = [&ck] {
+    for (std::size_t i = 0; i < ck.num_files(); ++i) ck.file(i).mapped().release(0, ck.file(i).mapped().size());
+  };
   plan.mcore_args = mcore_args(shape, o, pp, files.etp());
   plan.small_files.push_back({"latest_checkpointed_iteration.txt",
                               o.iteration < 0 ? std::string("release") : std::to_string(o.iteration)});

@@ -130,6 +130,14 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
     sources[i] = src;
   }
   plan.check_coverage();
+  {
+    std::vector<const MappedFile*> maps;
+    for (auto& [name, f] : ck.all_files()) maps.push_back(f->file->zip().mapped_file());
+    plan.release_sources = [maps] {
+      for (const MappedFile* m : maps)
+        if (m) m->release(0, m->size());
+    };
+  }
 
   // HF side: the canonical layout, dtypes decided per tensor.
   const bool hf_fp8 = (any_fp8 && !o.dequantize_fp8) || o.convert_to_fp8;

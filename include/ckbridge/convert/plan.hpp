@@ -83,6 +83,9 @@ struct Plan {
   std::vector<std::string> notes;  // decisions worth telling the user (deviations, requantization)
   std::uint64_t source_bytes = 0;
   std::vector<std::shared_ptr<const void>> keep_alive;  // source files the producers read from
+  // Drops the source mappings' resident pages (they re-fault from the page cache if read again),
+  // so the process's RSS tracks its working memory, not the bytes it has streamed.
+  std::function<void()> release_sources;
 
   void consume(const std::string& name) { ++consumed[name]; }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Conversion benchmark: HF FP8 -> MCore (TP8, EP8, ETP1, grouped experts) on a generated
+# DeepSeek-V3-shaped checkpoint (configs/deepseek_v3/deepseek_v3_bench.yaml, ~5.5 GB), against
+# `cp -r` of the same input measured in the same run. Reports wall time, GB/s and peak RSS for
+# --max_workers 1, 2 (and more if the machine has the cores), and the ratios to cp.
+# Usage: bench/bench_convert.sh [build-dir] [work-dir]   (work-dir needs ~3x the checkpoint size)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+WORK=${2:-${TMPDIR:-/tmp}/ckbridge-bench-convert}
+BIN=$BUILD/examples
+CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
+CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
+cmake --build "$BUILD" --target deepseek_v3_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
+mkdir -p "$WORK"
+if [[ ! -f $WORK/hf/config.json ]]; then
+  rm -rf "$WORK/hf"
+  echo "generating the benchmark checkpoint..."
+  "$BIN/deepseek_v3_make_tiny" --config_file "$CFG" --convert_file "$CONV" --out "$WORK/hf" --dtype fp8 --max_shard_size 1GB
+fi
+SRC_BYTES=$(du -sb "$WORK/hf" | cut -f1)
+LARGEST=$(python3 - "$WORK/hf" <<'PY'
+import json, struct, sys, glob
+m = 0
+for f in glob.glob(sys.argv[1] + "/*.safetensors"):
+    with open(f, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        h = json.loads(fh.read(n))
+    for k, v in h.items():
+        if k != "__metadata__":
+            m = max(m, v["data_offsets"][1] - v["data_offsets"][0])
+print(m)
+PY
+)
+
+measure() {  # measure <label> <command...>: prints "label seconds peak_rss_kb"
+  local label=$1
+  shift
+  sync
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$WORK/rss.txt" "$@" >/dev/null 2>"$WORK/err.txt" || { cat "$WORK/err.txt"; exit 1; }
+  sync
+  t1=$(date +%s.%N)
+  echo "$label $(echo "$t1 - $t0" | bc -l) $(cat "$WORK/rss.txt")"
+}
+
+rm -rf "$WORK/cp" "$WORK/out"
+cat "$WORK"/hf/*.safetensors >/dev/null  # warm the page cache for every contender alike
+read -r _ CP_S CP_RSS < <(measure cp cp -r "$WORK/hf" "$WORK/cp")
+rm -rf "$WORK/cp"
+rows=()
+for w in 1 2 4; do
+  [[ $w -gt $(($(nproc) * 2)) ]] && continue
+  rm -rf "$WORK/out"
+  read -r _ S RSS < <(measure "w$w" "$BIN/deepseek_v3_convert" --load_platform huggingface --save_platform mcore \
+    --config_file "$CFG" --convert_file "$CONV" --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/out" \
+    --tensor_model_parallel_size 8 --expert_parallel_size 8 --expert_tensor_parallel_size 1 --moe-grouped-gemm \
+    --safetensors --max_workers "$w" -q)
+  OUT_BYTES=$(du -sb "$WORK/out" | cut -f1)
+  rows+=("$(printf '%-26s %8.2f %8.2f %8.2fx %10.0f %8s' "convert --max_workers $w" "$S" \
+    "$(echo "$OUT_BYTES / $S / 1000000000" | bc -l)" "$(echo "$S / $CP_S" | bc -l)" "$(echo "$RSS / 1024" | bc -l)" \
+    "$(echo "$RSS * 1024 <= 1000000000 + 2 * $LARGEST" | bc -l | sed 's/1/yes/;s/0/NO/')")")
+done
+rm -rf "$WORK/out"
+echo
+echo "HF FP8 -> MCore TP8 EP8 ETP1 grouped; source $(echo "$SRC_BYTES / 1000000000" | bc -l | cut -c1-5) GB, largest tensor $(echo "$LARGEST / 1000000" | bc -l | cut -c1-6) MB, $(nproc) cores"
+printf '%-26s %8s %8s %9s %10s %8s\n' "run" "seconds" "GB/s" "vs cp" "peakRSS MB" "RSS goal"
+printf '%-26s %8.2f %8.2f %8.2fx %10.0f %8s\n' "cp -r (baseline)" "$CP_S" "$(echo "$SRC_BYTES / $CP_S / 1000000000" | bc -l)" 1 "$(echo "$CP_RSS / 1024" | bc -l)" "-"
+printf '%s\n' "${rows[@]}"
+echo "goals: time <= 1.5x cp; peak RSS <= 1 GB + 2 x largest tensor"
