@@ -1,7 +1,10 @@
 """Cross-check the ckbridge torch.save writer against real torch (the test venv's torch).
 
 Drives tests/tools/tw_save (built into $CKB_BUILD_DIR/tests/tools/) and checks:
-  * byte identity with torch.save for the same objects (torch 1.x record layout);
+  * byte identity with torch.save for the same objects, in the record layout of the torch that
+    runs the test (torch 1.13: data.pkl, data/*, version; torch >= 2.4: + .format_version,
+    .storage_alignment, byteorder, .data/serialization_id), incl. float8 tensors on torch >= 2.1
+    and, on torch >= 2.4 with room for it, the 4 GiB zip64 file;
   * the torch 2.x record set: names, order, 64-byte alignment, data descriptors, CRCs, and that
     torch's storage-offset calculation (used when `.format_version` is present) lands on every
     storage record;

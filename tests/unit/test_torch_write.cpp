@@ -717,6 +717,7 @@ BOOST_AUTO_TEST_CASE(atomic_files_and_errors) {
   expect_error([&] { Value::tensor(st4, 1, {2, 2}, {2, 1}); }, "exceeds its storage of 4 elements");
   expect_error([&] { Value::tensor(st4, 0, {2}, {1, 1}); }, "differ in rank");
   expect_error([] { Value::list().set("a", 1); }, "not a dict");
+  expect_error([] { Value::namespace_({}).set("a", 1); }, "not a dict");
   // TE inputs
   auto te = te_tensor(130, 260);
   expect_error([&] { format::te_fp8_blockwise_tensor(te, format::TeVersion{2, 2}); }, "TE >= 2.3");

@@ -305,7 +305,7 @@ inline Value Value::tensor(Tensor t) {
 }
 
 inline Value& Value::set(Value key, Value v) {
-  if (!n_ || (n_->kind != Kind::Dict && n_->kind != Kind::Object))
+  if (!n_ || (n_->kind != Kind::Dict && n_->kind != Kind::Object) || n_->is_newobj)
     fail("pickle: set() on a value that is not a dict or OrderedDict");
   if (key.kind() == Kind::Str) {
     auto [it, fresh] = n_->str_keys.emplace(key.n_->s, n_->kv.size());
