@@ -433,6 +433,10 @@ BOOST_AUTO_TEST_CASE(malformed_pickles_are_errors) {
     const auto msg = error_of([&] { loads(c.bytes, lim); });
     BOOST_TEST((contains(msg, "test.pkl") && contains(msg, c.needle)), "needle '" << c.needle << "': " << msg);
   }
+  // Memo ids: sparse ones work, holes in the dense range are refused
+  auto sp = loads("\x80\x02K\x05r\x40\x42\x0f\x00j\x40\x42\x0f\x00\x86."s);
+  BOOST_TEST(sp->items[1]->as_int() == 5);
+  BOOST_TEST(contains(error_of([&] { loads("\x80\x02K\x05q\x0ah\x05."s); }), "memo key 5 was never stored"));
   // Sharing without cycles is fine: x = [1]; (x, x)
   auto ok = loads("\x80\x02]q\x00K\x01" "ah\x00\x86."s);
   BOOST_TEST(ok->items[0].get() == ok->items[1].get());
