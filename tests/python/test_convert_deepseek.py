@@ -272,25 +272,30 @@ class Spec:
         self.kind, self.dtype, self.arr, self.scale, self.pow2, self.how, self.x = kind, dtype, arr, scale, pow2, how, x
 
 
-def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8):
-    """Expectation for shard t of n of logical tensor lt (LoongForge get_chunked_weight, §9.3)."""
+def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8, want_pow2=None):
+    """Expectation for shard t of n of logical tensor lt (LoongForge get_chunked_weight, §9.3).
+    want_pow2: the --force_pow_2_scales request (None: flag not given)."""
     if lt.dtype == 'F8_E4M3':
         if ignore_tp_if_fp8:
             rule = 'repl'
-        if aligned(lt.arr.shape, rule, n):  # direct: data and scale blocks move unchanged
+        # ckbridge: without the flag the source's scale kind is kept (LoongForge: flag default False,
+        # so a power-of-two V3.1 source would be re-quantized to linear scales, its B3).
+        want = lt.pow2 if want_pow2 is None else want_pow2
+        if aligned(lt.arr.shape, rule, n) and want == lt.pow2:  # direct: blocks move unchanged
             return Spec('fp8', arr=split(lt.arr, rule, n, t), scale=split(lt.scale, rule, n, t), pow2=lt.pow2,
                         how='direct')
-        x = split(lt.f32(), rule, n, t)  # re-quantize the shard; scale kind of the source kept
-        q, s = quant_te(x, lt.pow2)
-        return Spec('fp8', arr=q, scale=s, pow2=lt.pow2, how='requant', x=x)
+        x = split(lt.f32(), rule, n, t)  # dequantize, re-quantize the shard
+        q, s = quant_te(x, want)
+        return Spec('fp8', arr=q, scale=s, pow2=want, how='requant', x=x)
     if fp8_target:
         if ignore_tp_if_fp8:
             rule = 'repl'
         x = split(lt.f32(), rule, n, t)
         # ckbridge: a BF16 source quantizes with power-of-two scales unless --force_pow_2_scales=false
         # (LoongForge's default is linear; its --convert_to_fp8 does not apply to HF -> MCore at all).
-        q, s = quant_te(x, True)
-        return Spec('fp8', arr=q, scale=s, pow2=True, how='quantize', x=x)
+        want = True if want_pow2 is None else want_pow2
+        q, s = quant_te(x, want)
+        return Spec('fp8', arr=q, scale=s, pow2=want, how='quantize', x=x)
     return Spec('plain', dtype=lt.dtype, arr=split(lt.arr, rule, n, t))
 
 
@@ -342,6 +347,7 @@ def expected_checkpoint(hf, L):
     tp, ep = L['tp'], L['ep']
     etp = L.get('etp') or tp
     c2f = bool(L.get('convert_to_fp8'))
+    wp = L.get('pow2')
     per_ep = M.E // ep
     stages = stage_layers(L)
     cache = {}
@@ -352,7 +358,7 @@ def expected_checkpoint(hf, L):
         return cache[keys]
 
     def lin(d, key, keys, rule, t, n=tp, ignore_tp=False, extra=True, fp8_capable=True):
-        d[key + '.weight'] = shard_spec(lt(*keys), rule, n, t, c2f and fp8_capable, ignore_tp)
+        d[key + '.weight'] = shard_spec(lt(*keys), rule, n, t, c2f and fp8_capable, ignore_tp, wp)
         if extra:
             d[key + '._extra_state'] = Spec('none')
 
@@ -384,7 +390,7 @@ def expected_checkpoint(hf, L):
                                    ('linear_fc2', [x + 'down_proj.weight'], 'cols')):
                 if L.get('grouped'):
                     mod = mp + 'mlp.experts.' + fc
-                    d[mod + '.weight%d' % i] = shard_spec(lt(*keys), rule, etp, et, c2f, False)
+                    d[mod + '.weight%d' % i] = shard_spec(lt(*keys), rule, etp, et, c2f, False, wp)
                     d[mod + '._extra_state'] = Spec('none')
                 else:
                     lin(d, mp + 'mlp.experts.local_experts.%d.%s' % (i, fc), keys, rule, et, n=etp)
@@ -442,6 +448,8 @@ def layout_flags(L):
         f += ['--custom_pipeline_layers', ','.join(map(str, L['custom']))]
     if L.get('convert_to_fp8'):
         f += ['--convert_to_fp8']
+    if L.get('pow2') is not None:
+        f += ['--force_pow_2_scales' if L['pow2'] else '--force_pow_2_scales=false']
     return f + list(L.get('extra', []))
 
 
@@ -575,16 +583,22 @@ LAYOUTS = [
     ('bf16_tp2_pp2_ep2_etp1_grouped', 'bf16', dict(tp=2, pp=2, ep=2, etp=1, grouped=True)),
     ('bf16_convert_to_fp8', 'bf16', dict(tp=2, pp=2, ep=2, etp=1, grouped=True, convert_to_fp8=True)),
     ('fp8_tp4_requant', 'fp8', dict(tp=4, pp=1, ep=2)),
+    # scale kinds: a power-of-two (V3.1 / UE8M0) source is kept as is; --force_pow_2_scales re-quantizes
+    # a linear source to powers of two, =false a power-of-two source to linear scales
+    ('fp8pow2_tp2_kept', 'fp8pow2', dict(tp=2, pp=1, ep=2, etp=1, grouped=True)),
+    ('fp8_force_pow2', 'fp8', dict(tp=2, pp=1, ep=2, etp=1, grouped=True, pow2=True)),
+    ('fp8pow2_force_linear', 'fp8pow2', dict(tp=2, pp=1, ep=2, etp=1, grouped=True, pow2=False)),
 ]
 
 
 def run_all(work):
-    src = {k: os.path.join(work, 'hf_' + k) for k in ('fp8', 'bf16')}
+    src = {k: os.path.join(work, 'hf_' + k) for k in ('fp8', 'bf16', 'fp8pow2')}
 
     def gen():
         for k, d in src.items():
-            run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', d, '--dtype', k])
-    check('generate tiny FP8 and BF16 HF checkpoints', gen)
+            run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', d, '--dtype', 'bf16' if k == 'bf16' else 'fp8'] +
+                (['--pow2'] if k == 'fp8pow2' else []))
+    check('generate tiny FP8 (linear and power-of-two scales) and BF16 HF checkpoints', gen)
     if FAILED:
         return finish()
     hf = {k: read_hf(d) for k, d in src.items()}
@@ -593,7 +607,9 @@ def run_all(work):
         f8 = [k for k, v in hf['fp8'].items() if v[0] == 'F8_E4M3']
         assert f8 and not any(v[0] == 'F8_E4M3' for v in hf['bf16'].values())
         assert not is_pow2(hf['fp8'][f8[0][:-6] + 'weight_scale_inv'][1]), 'generator should give linear scales'
-    check('sources: FP8 (linear scales) and BF16', source_kinds)
+        assert all(is_pow2(v[1]) for k, v in hf['fp8pow2'].items() if k.endswith('_scale_inv'))
+        assert set(hf['fp8pow2']) == set(hf['fp8'])
+    check('sources: FP8 (linear / power-of-two scales) and BF16', source_kinds)
 
     for name, s, L in LAYOUTS:
         out = os.path.join(work, name, 'mcore')
@@ -614,9 +630,11 @@ def run_all(work):
             notes = check_mcore(hf[s], out, L)
             if name == 'fp8_tp4_requant':
                 assert notes.get('requant', 0) > 0 and notes.get('direct', 0) > 0, notes
+            elif L.get('pow2') is not None:
+                assert set(notes) == {'requant'}, notes
             elif L.get('convert_to_fp8'):
                 assert notes.get('quantize', 0) > 0 and 'direct' not in notes, notes
-            elif s == 'fp8':
+            elif s.startswith('fp8'):
                 assert set(notes) == {'direct'}, notes
             else:
                 assert not notes, notes
@@ -630,6 +648,11 @@ def run_all(work):
                     r'o_proj|shared_experts|experts\.\d+\.', k), steps=2)  # quantized twice
                 assert approx, 'expected re-quantized tensors'
                 print('    %d tensors re-quantized within the FP8 bound, the rest byte-identical' % len(approx))
+            elif L.get('pow2') is not None:  # every FP8 tensor came through one re-quantization
+                approx = check_back_close(src[s], back, lambda k: False, steps=1)
+                b = read_hf(back)
+                assert all(is_pow2(v[1]) == L['pow2'] for k, v in b.items() if k.endswith('_scale_inv'))
+                print('    %d FP8 tensors within the FP8 bound, scales pow2=%s' % (len(approx), L['pow2']))
             elif L.get('convert_to_fp8'):
                 a, b = hf[s], read_hf(back)
                 n_fp8 = 0
