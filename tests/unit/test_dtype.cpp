@@ -41,7 +41,7 @@ BOOST_AUTO_TEST_SUITE(dtype)
 BOOST_AUTO_TEST_CASE(names_sizes_round_trip) {
   for (const auto& i : kDTypeInfo) {
     BOOST_TEST(dtype_from_safetensors(i.safetensors).value() == i.dtype);
-    BOOST_TEST(dtype_from_torch_storage(i.torch_storage).value() == i.dtype);
+    if (!i.torch_storage.empty()) BOOST_TEST(dtype_from_torch_storage(i.torch_storage).value() == i.dtype);
     BOOST_TEST(dtype_from_torch_dtype(i.torch_dtype).value() == i.dtype);
     dispatch_dtype(i.dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;

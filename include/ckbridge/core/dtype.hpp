@@ -38,9 +38,11 @@ inline constexpr std::array<DTypeInfo, kNumDTypes> kDTypeInfo{{
     {DType::F16, "F16", "HalfStorage", "float16", 2},
     {DType::F32, "F32", "FloatStorage", "float32", 4},
     {DType::F64, "F64", "DoubleStorage", "float64", 8},
-    {DType::F8_E4M3, "F8_E4M3", "Float8_e4m3fnStorage", "float8_e4m3fn", 1},
-    {DType::F8_E5M2, "F8_E5M2", "Float8_e5m2Storage", "float8_e5m2", 1},
-    {DType::F8_E8M0, "F8_E8M0", "Float8_e8m0fnuStorage", "float8_e8m0fnu", 1},
+    // float8 has no legacy typed storage class: torch pickles it with _rebuild_tensor_v3 and
+    // torch.storage.UntypedStorage (empty name here).
+    {DType::F8_E4M3, "F8_E4M3", "", "float8_e4m3fn", 1},
+    {DType::F8_E5M2, "F8_E5M2", "", "float8_e5m2", 1},
+    {DType::F8_E8M0, "F8_E8M0", "", "float8_e8m0fnu", 1},
     {DType::I8, "I8", "CharStorage", "int8", 1},
     {DType::U8, "U8", "ByteStorage", "uint8", 1},
     {DType::I16, "I16", "ShortStorage", "int16", 2},
@@ -65,6 +67,7 @@ constexpr std::optional<DType> dtype_from_safetensors(std::string_view s) {
   return std::nullopt;
 }
 constexpr std::optional<DType> dtype_from_torch_storage(std::string_view s) {
+  if (s.empty()) return std::nullopt;
   for (const auto& i : kDTypeInfo)
     if (i.torch_storage == s) return i.dtype;
   return std::nullopt;
