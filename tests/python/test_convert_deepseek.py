@@ -21,7 +21,6 @@ Exits non-zero on failure; the last line is "N passed, M failed".
 """
 import glob
 import json
-import math
 import os
 import re
 import shutil
@@ -797,7 +796,11 @@ def check_dry_run(work, src):
         n = len(rank_files(BASE))
         assert ('plan: %d output files' % n) in r.stdout, (n, r.stdout)
         print('    -> %s' % r.stdout.strip().splitlines()[0])
-    check('--dry-run prints the plan and writes nothing', dry)
+        mc = os.path.join(work, 'fp8_tp2_pp2_ep2_etp1_grouped', 'mcore', 'release')
+        r = convert(mc, out, L, to='huggingface')
+        assert 'plan:' in r.stdout and not os.path.exists(out), r.stdout
+        print('    -> %s' % r.stdout.strip().splitlines()[0])
+    check('--dry-run prints the plan and writes nothing (both directions)', dry)
 
 
 def finish():
