@@ -595,8 +595,8 @@ def run_all(work):
 
     def gen():
         for k, d in src.items():
-            run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', d, '--dtype', 'bf16' if k == 'bf16' else 'fp8'] +
-                (['--pow2'] if k == 'fp8pow2' else []))
+            dtype = ['--dtype', 'bf16'] if k == 'bf16' else ['--dtype', 'fp8'] + (['--pow2'] if k == 'fp8pow2' else [])
+            run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', d] + dtype)
     check('generate tiny FP8 (linear and power-of-two scales) and BF16 HF checkpoints', gen)
     if FAILED:
         return finish()
