@@ -4,6 +4,7 @@
 #include "ckbridge/layout/compose.hpp"
 #include "ckbridge/layout/expert_slice.hpp"
 #include "ckbridge/layout/fp8_split.hpp"
+#include "ckbridge/layout/grouped_qkv.hpp"
 #include "ckbridge/layout/policy.hpp"
 #include "ckbridge/layout/replicated.hpp"
 #include "ckbridge/layout/shard_map.hpp"
