@@ -13,10 +13,12 @@
 #include "ckbridge/convert/executor.hpp"
 #include "ckbridge/convert/from_config.hpp"
 #include "ckbridge/convert/hf_to_mcore.hpp"
+#include "ckbridge/convert/mcore_layout.hpp"
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
+#include "../common/models.hpp"
 
 using namespace ckbridge;
 namespace fs = std::filesystem;
@@ -36,6 +38,7 @@ struct Flags {
   std::optional<std::int64_t> vocab_size;
   std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
   std::string megatron_path;
+  std::string model = "deepseek_v3";
 };
 
 std::uint64_t parse_size(const std::string& s, const char* flag) {
@@ -108,6 +111,8 @@ int main(int argc, char** argv) {
   app.add_option("--save_platform", f.save_platform, "target format")->required()->check(CLI::IsMember({"huggingface", "mcore"}));
   app.add_option("--config_file", f.config_file, "model YAML (LoongForge schema), e.g. configs/deepseek_v3/deepseek_v3.yaml")->required();
   app.add_option("--convert_file", f.convert_file, "convert YAML (name map)")->required();
+  app.add_option("--model", f.model, "model policy; tensor names and shapes come from the YAMLs")
+      ->check(CLI::IsMember(examples::kModelNames));
   app.add_option("--load_ckpt_path", f.load_ckpt_path, "HF directory, or MCore checkpoint root / iteration directory")->required();
   app.add_option("--save_ckpt_path", f.save_ckpt_path, "output directory (must be new or empty)")->required();
   app.add_option("--megatron_path", f.megatron_path, "accepted for compatibility; ckbridge needs no Megatron sources");
@@ -164,9 +169,8 @@ int main(int argc, char** argv) {
                              "--hf_checkpoint_device", "--add_embedding_padding", "--model_type_custom",
                              "--megatron_path"})
       if (app.count(name)) std::fprintf(stderr, "note: %s has no effect in ckbridge (ignored)\n", name);
-    if (f.load_platform == f.save_platform)
-      fail("--load_platform and --save_platform are both '", f.load_platform,
-           "': MCore -> MCore resharding is not available in this version");
+    if (f.load_platform == "huggingface" && f.save_platform == "huggingface")
+      fail("--load_platform and --save_platform are both 'huggingface': nothing to convert");
     if (f.load_platform == "huggingface" && !f.safetensors)
       std::fprintf(stderr, "note: reading HF safetensors (ckbridge does not read pytorch_model.bin)\n");
 
@@ -175,8 +179,8 @@ int main(int argc, char** argv) {
     config::ModelConfig mc = cfg.model;
     if (f.mtp_num_layers) mc.mtp_num_layers = *f.mtp_num_layers;
     if (f.vocab_size) mc.vocab_size = *f.vocab_size;
-    convert::ModelShape shape = convert::model_shape_from(mc);
-    shape.expected_shape = [mc](std::string_view c) { return model::DeepSeekV3::full_shape(c, mc); };
+    convert::ModelShape shape =
+        examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
     if (shape.num_experts > 0 && !f.ep)
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
@@ -215,14 +219,54 @@ int main(int argc, char** argv) {
     std::unique_ptr<convert::McoreCheckpoint> mcore;
     if (f.load_platform == "huggingface") {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
-      plan = convert::plan_hf_to_mcore<model::DeepSeekV3>(*hf, nm, shape, o);
+      plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
     } else {
       fs::path src(f.load_ckpt_path);
       // LoongForge takes the iteration directory (.../release); accept it and its parent.
       if (!fs::exists(src / "latest_checkpointed_iteration.txt") && fs::exists(src.parent_path() / "latest_checkpointed_iteration.txt"))
         src = src.parent_path();
-      mcore = std::make_unique<convert::McoreCheckpoint>(src, o.pipeline.pp == 1 && shape.num_experts > 0 && o.ep > 1);
-      plan = convert::plan_mcore_to_hf<model::DeepSeekV3>(*mcore, nm, shape, mc, o);
+      // The source layout comes from the checkpoint; for MCore -> HF the layout flags may restate
+      // it, but must not contradict it. For MCore -> MCore the flags describe the target.
+      const convert::McoreLayout have = convert::read_mcore_layout(src);
+      if (have.num_layers && *have.num_layers != shape.num_layers)
+        fail("--load_ckpt_path ", src.string(), ": the checkpoint has num_layers ", *have.num_layers,
+             " but the model config says ", shape.num_layers);
+      convert::ConvertOptions so = o;
+      so.tp = have.tp;
+      so.ep = have.ep;
+      so.etp = have.etp;
+      so.grouped_gemm = have.grouped_gemm;
+      so.pipeline = convert::PipelineOptions{};
+      so.pipeline.pp = have.pp;
+      so.pipeline.vpp = have.vpp;
+      so.pipeline.custom = have.custom;
+      so.pipeline.layout = have.layout;
+      so.pipeline.dualpipev = have.dualpipev;
+      so.pipeline.first = have.first;
+      so.pipeline.last = have.last;
+      if (f.save_platform == "huggingface") {
+        auto check = [&](const char* flag, bool given, const std::string& mine, const std::string& theirs) {
+          if (given && mine != theirs)
+            fail(flag, " ", mine, " contradicts the checkpoint ", src.string(), ", which was written with ", theirs,
+                 " (omit the flag to use the checkpoint's layout)");
+        };
+        auto str = [](std::optional<int> v) { return v ? std::to_string(*v) : std::string("unset"); };
+        check("--tensor_model_parallel_size", app.count("--tensor_model_parallel_size") > 0, std::to_string(o.tp), std::to_string(so.tp));
+        check("--pipeline_model_parallel_size", app.count("--pipeline_model_parallel_size") > 0, std::to_string(o.pipeline.pp), std::to_string(so.pipeline.pp));
+        check("--expert_parallel_size", f.ep.has_value(), std::to_string(o.ep), std::to_string(so.ep));
+        check("--expert_tensor_parallel_size", f.etp.has_value(), str(o.etp), str(so.etp.value_or(so.tp)));
+        check("--num-virtual-stages-per-pipeline-rank", f.vpp.has_value(), std::to_string(o.pipeline.vpp), std::to_string(so.pipeline.vpp));
+        check("--moe-grouped-gemm", f.grouped_gemm, "given", so.grouped_gemm ? "given" : "not given (sequential experts)");
+        if (!f.custom_pipeline_layers.empty() || !f.pipeline_layout.empty() || f.first || f.last) {
+          // explicit pipeline split flags: they decide (older checkpoints do not record them)
+          so.pipeline = o.pipeline;
+        }
+        if (f.grouped_gemm) so.grouped_gemm = true;
+        if (f.etp && !so.etp) so.etp = f.etp;
+      }
+      mcore = std::make_unique<convert::McoreCheckpoint>(src, so.pipeline.pp == 1 && shape.num_experts > 0 && so.ep > 1);
+      if (f.save_platform == "huggingface") plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_hf<M>(*mcore, nm, shape, mc, so); });
+      else plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_mcore<M>(*mcore, nm, shape, so, o); });
     }
     print_plan(plan, o.max_workers);
     for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());

@@ -62,6 +62,25 @@ inline ModelShape model_shape_from(const config::ModelConfig& mc, std::optional<
   s.mtp_moe = mc.num_experts > 0;
   s.vocab_size = vocab_override.value_or(mc.vocab_size);
   using V = ArgValue;
+  if (!mc.multi_latent_attention) {  // standard attention (GQA): the grouped QKV rule needs its dims
+    s.num_attention_heads = mc.num_attention_heads;
+    s.num_query_groups = mc.num_query_groups;
+    s.head_dim = mc.head_dim();
+    s.args = {{"hidden_size", V{mc.hidden_size}},
+              {"ffn_hidden_size", V{mc.ffn_hidden_size}},
+              {"num_attention_heads", V{mc.num_attention_heads}},
+              {"num_query_groups", V{mc.num_query_groups}},
+              {"group_query_attention", V{mc.num_query_groups != mc.num_attention_heads}},
+              {"kv_channels", V{mc.head_dim()}},
+              {"multi_latent_attention", V{false}},
+              {"swiglu", V{true}},
+              {"max_position_embeddings", V{mc.max_position_embeddings}},
+              {"rotary_base", V{mc.rotary_base}},
+              {"norm_epsilon", V{mc.norm_epsilon}},
+              {"untie_embeddings_and_output_weights", V{mc.untie_embeddings_and_output_weights}},
+              {"qk_layernorm", V{mc.qk_layernorm}}};
+    return s;
+  }
   s.args = {{"hidden_size", V{mc.hidden_size}},
             {"ffn_hidden_size", V{mc.ffn_hidden_size}},
             {"num_attention_heads", V{mc.num_attention_heads}},
@@ -78,6 +97,16 @@ inline ModelShape model_shape_from(const config::ModelConfig& mc, std::optional<
             {"norm_epsilon", V{mc.norm_epsilon}},
             {"untie_embeddings_and_output_weights", V{mc.untie_embeddings_and_output_weights}},
             {"qk_layernorm", V{mc.qk_layernorm}}};
+  return s;
+}
+
+// The model shape of a model policy for a config: model_shape_from plus the policy's shape rule
+// (and its own config checks, where it has them).
+template <class Model>
+ModelShape model_shape_of(const config::ModelConfig& mc) {
+  if constexpr (requires { Model::check(mc); }) Model::check(mc);
+  ModelShape s = model_shape_from(mc);
+  s.expected_shape = [mc](std::string_view c) { return Model::full_shape(c, mc); };
   return s;
 }
 

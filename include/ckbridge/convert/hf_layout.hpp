@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "ckbridge/config/model_config.hpp"
 #include "ckbridge/convert/instances.hpp"
 #include "ckbridge/convert/names.hpp"
 #include "ckbridge/quant/fp8_blocks.hpp"
@@ -20,12 +21,38 @@ struct HfTensor {
   bool is_scale = false;
   bool is_copy = false;      // MTP-block duplicate of a global
   std::string copy_of;       // its original's key
+  std::int64_t row0 = 0;     // first row of this part in the instance's full tensor (dim 0)
 };
 
 struct HfLayoutOptions {
   bool fp8 = false;                 // FP8-able weights as F8_E4M3 + weight_scale_inv
   DType float_dtype = DType::BF16;  // everything else (float32 kinds stay float32)
 };
+
+// Rows of each HF tensor that an instance concatenates along dim 0: GQA's [q; k; v] parts differ
+// (heads vs query groups), [gate; up] halves are equal.
+inline std::vector<std::int64_t> hf_part_rows(const Instance& in, const ModelShape& shape, const Shape& full,
+                                              std::size_t parts) {
+  const auto n = static_cast<std::int64_t>(parts);
+  if (in.kind.tp_rule == model::TpRule::GroupedQkv && parts == 3) {
+    const std::int64_t q = shape.num_attention_heads * shape.head_dim, kv = shape.num_query_groups * shape.head_dim;
+    if (full.empty() || q <= 0 || kv <= 0 || q + 2 * kv != full[0])
+      fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " is not [q; k; v] for ", shape.num_attention_heads,
+           " heads, ", shape.num_query_groups, " query groups and head_dim ", shape.head_dim);
+    return {q, kv, kv};
+  }
+  if (full.empty() || full[0] % n != 0)
+    fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " does not split into ", parts, " parts");
+  return std::vector<std::int64_t>(parts, full[0] / n);
+}
+
+// The HF config.json of a model: the policy's own writer (Model::hf_config_json) where it has
+// one, else the DeepSeek-V3 schema.
+template <class Model>
+std::string hf_config_json(const config::ModelConfig& mc, const config::HfJsonOptions& jo) {
+  if constexpr (requires { Model::hf_config_json(mc, jo); }) return Model::hf_config_json(mc, jo);
+  else return config::to_hf_config_json(mc, jo);
+}
 
 inline bool hf_fp8_kind(const model::ParamKind& k) {
   return k.fp8 == model::Fp8::Blockwise || k.fp8 == model::Fp8::BlockwiseNoTp;
@@ -59,22 +86,22 @@ std::vector<HfTensor> hf_layout(const NameMap& nm, const ModelShape& shape, cons
       last_mtp = in.mtp;
     }
     const std::vector<std::string> keys = hf_keys(nm, in);
-    Shape full = shape.expected_shape(in.kind.common);
-    Shape part = full;
-    if (keys.size() > 1) {
-      if (full.empty() || full[0] % static_cast<std::int64_t>(keys.size()) != 0)
-        fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " does not split into ", keys.size(), " parts");
-      part[0] /= static_cast<std::int64_t>(keys.size());
-    }
+    const Shape full = shape.expected_shape(in.kind.common);
+    const std::vector<std::int64_t> rows =
+        keys.size() > 1 ? hf_part_rows(in, shape, full, keys.size()) : std::vector<std::int64_t>{};
     const bool fp8 = o.fp8 && hf_fp8_kind(in.kind);
     const DType dt = fp8 ? DType::F8_E4M3 : (Model::hf_float32(in.kind.common) ? DType::F32 : o.float_dtype);
+    std::int64_t row0 = 0;
     for (std::size_t p = 0; p < keys.size(); ++p) {
-      out.push_back({keys[p], dt, part, i, static_cast<int>(p), false, false, {}});
+      Shape part = full;
+      if (!rows.empty()) part[0] = rows[p];
+      out.push_back({keys[p], dt, part, i, static_cast<int>(p), false, false, {}, row0});
       if (fp8) {
         const auto mn = quant::as_matrix(part);
         out.push_back({hf_scale_key(nm, keys[p]), DType::F32, quant::scale_shape(mn.m, mn.n, quant::ScaleLayout::Unpadded),
-                       i, static_cast<int>(p), true, false, {}});
+                       i, static_cast<int>(p), true, false, {}, row0});
       }
+      if (!rows.empty()) row0 += rows[p];
     }
   }
   flush_copies(last_mtp);

@@ -2,6 +2,7 @@
 // Plans HF (safetensors) -> MCore (legacy torch checkpoint): every parameter instance of the model
 // policy is read from the HF checkpoint (zero-copy views), cut by its TP rule into shards, and
 // placed into the files of its pipeline stage (and EP rank, for experts) under its MCore name.
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -127,17 +128,28 @@ inline ArgList mcore_args(const ModelShape& shape, const ConvertOptions& o, cons
   set("add_position_embedding", false);
   set("ckpt_format", std::string("torch"));
   set("iteration", std::int64_t{o.iteration < 0 ? 0 : o.iteration});
+  // The pipeline layout flags, so a later run can read the layout back from the checkpoint.
+  if (o.pipeline.custom) {
+    std::string c;
+    for (int v : *o.pipeline.custom) c += (c.empty() ? "" : ",") + std::to_string(v);
+    set("custom_pipeline_layers", c);
+  }
+  if (o.pipeline.layout) set("pipeline_model_parallel_layout", *o.pipeline.layout);
+  if (o.pipeline.dualpipev) set("vpp_scheduler", std::string("dualpipev"));
+  if (o.pipeline.first) set("decoder_first_pipeline_num_layers", std::int64_t{*o.pipeline.first});
+  if (o.pipeline.last) set("decoder_last_pipeline_num_layers", std::int64_t{*o.pipeline.last});
   return a;
 }
 
-template <class Model>
-Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, const ModelShape& shape,
-                      const ConvertOptions& o) {
-  shape.validate();
-  Plan plan;
-  for (const auto& n : ck.names()) plan.source_tensors.insert(n);
-  plan.source_bytes = ck.total_size();
+// The source of one parameter instance (HF tensors, or MCore shards), marking what it consumes.
+using SourceFn = std::function<std::shared_ptr<const LogicalSource>(const Instance&, Plan&)>;
 
+// Plans the MCore target (files of every TP/PP/EP rank, each instance cut by its TP rule and
+// placed under its MCore name) from any source. Fills plan.files, plan.mcore_args and the tracker.
+template <class Model>
+void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const ConvertOptions& o,
+                   const SourceFn& source) {
+  shape.validate();
   PipelineOptions po = o.pipeline;
   po.num_layers = shape.num_layers;
   po.mtp_num_layers = shape.mtp_num_layers;
@@ -163,7 +175,7 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
   }
   std::vector<std::set<std::string>> extra_done(plan.files.size());  // _extra_state keys per file
 
-  const VocabSettings vocab{shape.vocab_size, o.make_vocab_size_divisible_by, o.pad_vocab_size_to};
+  const TpSettings vocab = tp_settings(shape, o);
   const int etp = files.etp();
 
   // Which (pp, vp stage) pairs hold an instance.
@@ -187,14 +199,12 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
 
   std::vector<Instance> inst = enumerate_instances<Model>(shape);
   for (const Instance& in : inst) {
-    const std::vector<std::string> keys = hf_keys(nm, in);
-    auto src = hf_source(ck, nm, keys, plan);
+    const std::shared_ptr<const LogicalSource> src = source(in, plan);
     if (shape.expected_shape) {
       const Shape want = shape.expected_shape(in.kind.common);
       if (src->full != want)
-        fail(ck.directory().string(), ": tensor '", keys.front(), "'", keys.size() > 1 ? " (with the other parts)" : "",
-             " has shape ", shape_str(src->full), " but the model config implies ", shape_str(want), " for ",
-             in.label());
+        fail("source tensor '", src->name, "' has shape ", shape_str(src->full), " but the model config implies ",
+             shape_str(want), " for ", in.label());
     }
     const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
     const bool tfp8 = target_is_fp8(in.kind, me, src->fp8, o);
@@ -253,6 +263,20 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
       }
     }
   }
+  plan.mcore_args = mcore_args(shape, o, pp, files.etp());
+  plan.small_files.push_back({"latest_checkpointed_iteration.txt",
+                              o.iteration < 0 ? std::string("release") : std::to_string(o.iteration)});
+}
+
+template <class Model>
+Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, const ModelShape& shape,
+                      const ConvertOptions& o) {
+  Plan plan;
+  for (const auto& n : ck.names()) plan.source_tensors.insert(n);
+  plan.source_bytes = ck.total_size();
+  plan_to_mcore<Model>(plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
+    return std::shared_ptr<const LogicalSource>(hf_source(ck, nm, hf_keys(nm, in), pl));
+  });
   // DeepSeek's MTP blocks carry copies of the embedding and output layer in HF; MCore uses the
   // main ones. They must equal the originals (else information would be lost).
   for (const auto& [copy_key, orig_key] : mtp_copy_keys<Model>(nm, shape)) {
@@ -267,9 +291,6 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
   plan.release_sources = [&ck] {
     for (std::size_t i = 0; i < ck.num_files(); ++i) ck.file(i).mapped().release(0, ck.file(i).mapped().size());
   };
-  plan.mcore_args = mcore_args(shape, o, pp, files.etp());
-  plan.small_files.push_back({"latest_checkpointed_iteration.txt",
-                              o.iteration < 0 ? std::string("release") : std::to_string(o.iteration)});
   return plan;
 }
 

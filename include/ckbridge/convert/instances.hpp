@@ -26,6 +26,8 @@ struct ModelShape {
   std::vector<bool> moe_layer;  // per decoder layer (size num_layers)
   bool mtp_moe = true;          // the inner layer of an MTP block is MoE (DeepSeek V3)
   std::int64_t vocab_size = 0;  // unpadded
+  // Attention dims of the grouped QKV rule (TpRule::GroupedQkv); 0 where the model has none.
+  std::int64_t num_attention_heads = 0, num_query_groups = 0, head_dim = 0;
   // Model fields for the MCore `args` Namespace (hidden_size, num_attention_heads, ...).
   std::vector<std::pair<std::string, ArgValue>> args;
   // The full shape the config implies for a parameter kind (empty function: not checked).

@@ -16,53 +16,60 @@
 
 namespace ckbridge::convert {
 
+// Reads parameter instances from an MCore legacy checkpoint of a known layout: validates the
+// file set, registers every stored tensor for the coverage check, and assembles each instance
+// from its TP shards (zero-copy views). The checkpoint's files stay mapped while the plan lives.
 template <class Model>
-Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const config::ModelConfig& mc,
-                      const ConvertOptions& o) {
-  shape.validate();
-  if (!shape.expected_shape) fail("plan_mcore_to_hf: the model shape has no shape rule");
-  Plan plan;
-  PipelineOptions po = o.pipeline;
-  po.num_layers = shape.num_layers;
-  po.mtp_num_layers = shape.mtp_num_layers;
-  const PipelinePlan pp(po);
-  const ParallelOptions par{o.tp, po.pp, shape.num_experts > 0 ? o.ep : 1, o.etp, shape.num_experts};
-  const McoreFileLayout files(par);
-
-  // The checkpoint must have exactly the files this layout implies.
-  {
+class McoreSources {
+public:
+  McoreSources(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const ConvertOptions& o, Plan& plan)
+      : ck_(ck), nm_(nm), shape_(shape), o_(o), pp_(pipeline(shape, o)),
+        files_(ParallelOptions{o.tp, o.pipeline.pp, shape.num_experts > 0 ? o.ep : 1, o.etp, shape.num_experts}) {
+    shape.validate();
+    if (!shape.expected_shape) fail("McoreSources: the model shape has no shape rule");
     std::set<std::string> want, have;
-    for (const auto& f : files.all_files()) want.insert(f.dir);
+    for (const auto& f : files_.all_files()) want.insert(f.dir);
     for (const auto& r : ck.dir().ranks) have.insert(r.name);
     if (want != have) {
       std::string w, h;
-      for (const auto& s : want) w += (w.empty() ? "" : " ") + s;
-      for (const auto& s : have) h += (h.empty() ? "" : " ") + s;
-      fail(ck.dir().iter_dir.string(), ": the parallel flags (TP ", o.tp, ", PP ", po.pp, ", EP ", par.ep,
-           ", ETP ", files.etp(), ") imply rank directories {", w, "} but the checkpoint has {", h, "}");
+      for (const auto& x : want) w += (w.empty() ? "" : " ") + x;
+      for (const auto& x : have) h += (h.empty() ? "" : " ") + x;
+      fail(ck.dir().iter_dir.string(), ": the parallel flags (TP ", o.tp, ", PP ", o.pipeline.pp, ", EP ",
+           shape.num_experts > 0 ? o.ep : 1, ", ETP ", files_.etp(), ") imply rank directories {", w,
+           "} but the checkpoint has {", h, "}");
     }
-  }
-  for (auto& [name, f] : ck.all_files()) {
-    plan.keep_alive.push_back(f);
-    for (const auto& m : f->models)
-      for (const auto& e : m.entries) {
-        using K = format::ModelEntry::Kind;
-        if (e.kind == K::Tensor || e.kind == K::TeFp8Blockwise) {
-          plan.source_tensors.insert(mcore_source_id(name, m.key, e.name));
-          if (e.fp8 && e.fp8->rowwise_data) plan.source_bytes += static_cast<std::uint64_t>(numel(e.fp8->shape));
-          else if (e.tensor && e.tensor->dtype)
-            plan.source_bytes += static_cast<std::uint64_t>(numel(e.tensor->shape)) * dtype_size(*e.tensor->dtype);
+    std::vector<const MappedFile*> maps;
+    for (auto& [name, f] : ck.all_files()) {
+      plan.keep_alive.push_back(f);
+      maps.push_back(f->file->zip().mapped_file());
+      for (const auto& m : f->models)
+        for (const auto& e : m.entries) {
+          using K = format::ModelEntry::Kind;
+          if (e.kind == K::Tensor || e.kind == K::TeFp8Blockwise) {
+            plan.source_tensors.insert(mcore_source_id(name, m.key, e.name));
+            if (e.fp8 && e.fp8->rowwise_data) plan.source_bytes += static_cast<std::uint64_t>(numel(e.fp8->shape));
+            else if (e.tensor && e.tensor->dtype)
+              plan.source_bytes += static_cast<std::uint64_t>(numel(e.tensor->shape)) * dtype_size(*e.tensor->dtype);
+          }
         }
-      }
+    }
+    plan.release_sources = [maps] {
+      for (const MappedFile* m : maps)
+        if (m) m->release(0, m->size());
+    };
   }
 
-  const VocabSettings vocab{shape.vocab_size, o.make_vocab_size_divisible_by, o.pad_vocab_size_to};
-  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
-  std::vector<std::shared_ptr<const LogicalSource>> sources(inst.size());
-  bool any_fp8 = false, all_pow2 = true;
+  bool any_fp8() const { return any_fp8_; }
+  bool all_pow2() const { return all_pow2_; }
 
-  for (std::size_t i = 0; i < inst.size(); ++i) {
-    const Instance& in = inst[i];
+  std::shared_ptr<const LogicalSource> operator()(const Instance& in, Plan& plan) {
+    const ConvertOptions& o = o_;
+    const PipelinePlan& pp = pp_;
+    const McoreFileLayout& files = files_;
+    const NameMap& nm = nm_;
+    const ModelShape& shape = shape_;
+    McoreCheckpoint& ck = ck_;
+    const TpSettings vocab = tp_settings(shape, o);
     const bool expert = in.kind.where == model::Where::Expert;
     const int size = expert ? files.etp() : o.tp;
     // stages holding the instance: the first one is read, the others (embedding copies on MTP
@@ -125,19 +132,49 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
     const Shape full = shape.expected_shape(in.kind.common);
     const auto maps = tp_maps(in.kind.tp_rule, replicate, key0, full, size, vocab);
     auto src = mcore_logical_source(key0, full, shards, maps);
-    any_fp8 = any_fp8 || src->fp8;
-    if (src->fp8) all_pow2 = all_pow2 && src->pow2;
-    sources[i] = src;
+    any_fp8_ = any_fp8_ || src->fp8;
+    if (src->fp8) all_pow2_ = all_pow2_ && src->pow2;
+    return src;
   }
+
+private:
+  static PipelinePlan pipeline(const ModelShape& shape, const ConvertOptions& o) {
+    PipelineOptions po = o.pipeline;
+    po.num_layers = shape.num_layers;
+    po.mtp_num_layers = shape.mtp_num_layers;
+    return PipelinePlan(po);
+  }
+  McoreCheckpoint& ck_;
+  const NameMap& nm_;
+  const ModelShape& shape_;
+  ConvertOptions o_;
+  PipelinePlan pp_;
+  McoreFileLayout files_;
+  bool any_fp8_ = false, all_pow2_ = true;
+};
+
+// MCore -> MCore: read one layout, write another (no HF files, no full model in memory; FP8
+// blocks move without re-quantization where the new boundaries allow).
+template <class Model>
+Plan plan_mcore_to_mcore(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape,
+                         const ConvertOptions& source_layout, const ConvertOptions& target) {
+  Plan plan;
+  McoreSources<Model> read(ck, nm, shape, source_layout, plan);
+  plan_to_mcore<Model>(plan, nm, shape, target, [&](const Instance& in, Plan& pl) { return read(in, pl); });
   plan.check_coverage();
-  {
-    std::vector<const MappedFile*> maps;
-    for (auto& [name, f] : ck.all_files()) maps.push_back(f->file->zip().mapped_file());
-    plan.release_sources = [maps] {
-      for (const MappedFile* m : maps)
-        if (m) m->release(0, m->size());
-    };
-  }
+  return plan;
+}
+
+template <class Model>
+Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const config::ModelConfig& mc,
+                      const ConvertOptions& o) {
+  Plan plan;
+  McoreSources<Model> read(ck, nm, shape, o, plan);
+  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  std::vector<std::shared_ptr<const LogicalSource>> sources;
+  for (const Instance& in : inst) sources.push_back(read(in, plan));
+  const bool any_fp8 = read.any_fp8();
+  plan.check_coverage();
 
   // HF side: the canonical layout, dtypes decided per tensor.
   const bool hf_fp8 = (any_fp8 && !o.dequantize_fp8) || o.convert_to_fp8;
@@ -153,9 +190,9 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
     const auto& src = sources[orig.instance];
     const bool target_fp8 = orig.dtype == DType::F8_E4M3 && !(o.dequantize_fp8 && src->fp8);
     layout::Box region{Shape(src->full.size(), 0), src->full};
-    if (!region.extent.empty() && orig.shape != src->full) {  // one part of [gate; up]
+    if (!region.extent.empty() && orig.shape != src->full) {  // one part of [gate; up] or [q; k; v]
       region.extent = orig.shape;
-      region.begin[0] = orig.part * orig.shape[0];
+      region.begin[0] = orig.row0;
     }
     Fp8Settings fs;
     fs.method = o.quant_method;
@@ -199,7 +236,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
   jo.fp8_quantization_config = hf_fp8;
   if (hf_fp8 && written_pow2) jo.scale_fmt = "ue8m0";
   jo.dtype = std::string(torch_dtype_name(o.torch_dtype));
-  plan.small_files.push_back({"config.json", config::to_hf_config_json(mc, jo) + "\n"});
+  plan.small_files.push_back({"config.json", hf_config_json<Model>(mc, jo) + "\n"});
   return plan;
 }
 
