@@ -604,9 +604,11 @@ def check_device(conv, work):
             continue
         a, b = os.path.join(work, 'dev%d_cpu' % i), os.path.join(work, 'dev%d_cuda' % i)
         conv(src, a, load, save, yaml_, flags, device='cpu')
-        conv(src, b, load, save, yaml_, flags, device='cuda')
+        log = conv(src, b, load, save, yaml_, flags, device='cuda')
+        m = re.search(r'(\d+) quantized, (\d+) re-quantized', log)
         ok, nf, why = same_tree(a, b)
-        record(label, ('identical, %d files' % nf) if ok else why, 'byte-equal', ok)
+        record(label, ('identical, %d files; %s tensors quantized, %s re-quantized on the GPU' % (
+            nf, m.group(1), m.group(2)) if m else 'identical, %d files' % nf) if ok else why, 'byte-equal', ok)
 
 
 # ---------------------------------------------------------------------------------------------
