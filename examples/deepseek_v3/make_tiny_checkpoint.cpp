@@ -1,7 +1,8 @@
-// Writes a deterministic DeepSeek-V3-architecture HF checkpoint for a model config: real tensor
-// names from the convert YAML, BF16 or DeepSeek's block-FP8 format (F8_E4M3 + weight_scale_inv),
-// config.json, sharded files with an index. The README's main command and the tests use it with
-// configs/deepseek_v3/deepseek_v3_tiny.yaml; the conversion benchmark with a larger config.
+// Writes a deterministic HF checkpoint for a model config and a model policy (--model deepseek_v3,
+// the default, or llama3): real tensor names from the convert YAML, BF16 or DeepSeek's block-FP8
+// format (F8_E4M3 + weight_scale_inv), config.json, sharded files with an index. The README's main
+// command and the tests use it with configs/deepseek_v3/deepseek_v3_tiny.yaml (llama3:
+// configs/llama3/llama3_tiny.yaml); the conversion benchmark with a larger config.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "ckbridge/core/float_bits.hpp"
 #include "ckbridge/format/atomic_file.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
+#include "../common/models.hpp"
 #include "ckbridge/quant/quantize.hpp"
 
 using namespace ckbridge;
@@ -69,12 +71,13 @@ std::uint64_t parse_size(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Writes a deterministic DeepSeek-V3-architecture HuggingFace checkpoint"};
-  std::string config_file = "configs/deepseek_v3/deepseek_v3_tiny.yaml";
-  std::string convert_file = "configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml";
+  CLI::App app{"Writes a deterministic HuggingFace checkpoint of a DeepSeek-V3 or Llama-3 architecture model"};
+  std::string model_name = "deepseek_v3";
+  std::string config_file, convert_file;  // default: configs/<model>/<model>_tiny.yaml and its convert YAML
   std::string out, dtype = "fp8", max_shard = "4MB";
   std::uint64_t seed = 1;
   bool pow2 = false;
+  app.add_option("--model", model_name, "model policy")->check(CLI::IsMember(examples::kModelNames));
   app.add_option("--config_file", config_file, "model YAML (LoongForge schema)");
   app.add_option("--convert_file", convert_file, "convert YAML with the HF name map");
   app.add_option("--out", out, "output directory (created; must be empty or absent)")->required();
@@ -84,13 +87,16 @@ int main(int argc, char** argv) {
   app.add_option("--max_shard_size", max_shard, "maximum shard size, e.g. 4MB or 5GB");
   CLI11_PARSE(app, argc, argv);
   try {
+    if (config_file.empty()) config_file = "configs/" + model_name + "/" + model_name + "_tiny.yaml";
+    if (convert_file.empty()) convert_file = "configs/" + model_name + "/ckpt_convert/" + model_name + "_convert.yaml";
     const auto cfg = config::load_loongforge_configs(config_file, convert_file);
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
-    convert::ModelShape shape = convert::model_shape_from(cfg.model);
     const config::ModelConfig mc = cfg.model;
-    shape.expected_shape = [mc](std::string_view c) { return model::DeepSeekV3::full_shape(c, mc); };
+    const convert::ModelShape shape =
+        examples::with_model(model_name, [&]<class M>() { return convert::model_shape_of<M>(mc); });
     const bool fp8 = dtype == "fp8";
-    const auto layout = convert::hf_layout<model::DeepSeekV3>(nm, shape, {fp8, DType::BF16});
+    const auto layout = examples::with_model(
+        model_name, [&]<class M>() { return convert::hf_layout<M>(nm, shape, {fp8, DType::BF16}); });
 
     const std::filesystem::path dir(out);
     if (std::filesystem::exists(dir) && !std::filesystem::is_empty(dir))
@@ -141,7 +147,9 @@ int main(int argc, char** argv) {
     config::HfJsonOptions jo;
     jo.fp8_quantization_config = fp8;
     if (fp8 && pow2) jo.scale_fmt = "ue8m0";
-    AtomicFile::write_all(dir / "config.json", config::to_hf_config_json(mc, jo) + "\n");
+    const std::string json =
+        examples::with_model(model_name, [&]<class M>() { return convert::hf_config_json<M>(mc, jo); });
+    AtomicFile::write_all(dir / "config.json", json + "\n");
     std::printf("wrote %s: %zu tensors, %zu files, %.1f MB (%s%s)\n", dir.string().c_str(), layout.size(),
                 files.shards.size(), double(bytes) / 1e6, dtype.c_str(), fp8 && pow2 ? ", pow2 scales" : "");
     return 0;

@@ -50,6 +50,8 @@ struct ModelConfig {
   std::int64_t qk_head_dim = 0;                           // HF qk_nope_head_dim
   std::int64_t qk_pos_emb_head_dim = 0;                   // HF qk_rope_head_dim
   std::int64_t v_head_dim = 0;
+  bool multi_latent_attention = true;                     // false: standard (GQA) attention, e.g. Llama
+  std::int64_t kv_channels = 0;                           // head_dim of standard attention (0: hidden / heads)
   std::int64_t num_attention_heads = 0;
   std::int64_t num_query_groups = 0;                      // HF num_key_value_heads
   std::int64_t vocab_size = 0;                            // unpadded (LoongForge vocab_size_in_config_file)
@@ -81,6 +83,10 @@ struct ModelConfig {
     return moe_layer_freq[static_cast<std::size_t>(l)] == 1;
   }
   std::int64_t q_head_dim() const { return qk_head_dim + qk_pos_emb_head_dim; }
+  // Head dim of standard attention (MCore kv_channels, HF head_dim).
+  std::int64_t head_dim() const {
+    return kv_channels > 0 ? kv_channels : num_attention_heads > 0 ? hidden_size / num_attention_heads : 0;
+  }
 
   // Checks internal consistency; `source` names the file in messages.
   void validate(std::string_view source) const {
@@ -91,10 +97,17 @@ struct ModelConfig {
     pos("hidden_size", hidden_size);
     pos("num_attention_heads", num_attention_heads);
     pos("vocab_size", vocab_size);
-    pos("kv_lora_rank", kv_lora_rank);
-    pos("qk_head_dim", qk_head_dim);
-    pos("qk_pos_emb_head_dim", qk_pos_emb_head_dim);
-    pos("v_head_dim", v_head_dim);
+    if (multi_latent_attention) {
+      pos("kv_lora_rank", kv_lora_rank);
+      pos("qk_head_dim", qk_head_dim);
+      pos("qk_pos_emb_head_dim", qk_pos_emb_head_dim);
+      pos("v_head_dim", v_head_dim);
+    } else {
+      if (kv_channels < 0) fail(source, ": key 'kv_channels': must be >= 0, got ", kv_channels);
+      if (kv_channels == 0 && hidden_size % num_attention_heads != 0)
+        fail(source, ": key 'kv_channels' is not set and hidden_size ", hidden_size,
+             " is not divisible by num_attention_heads ", num_attention_heads);
+    }
     if (q_lora_rank < 0) fail(source, ": key 'q_lora_rank': must be >= 0, got ", q_lora_rank);
     if (mtp_num_layers < 0) fail(source, ": key 'mtp_num_layers': must be >= 0, got ", mtp_num_layers);
     if (num_query_groups <= 0 || num_attention_heads % num_query_groups != 0)
@@ -190,11 +203,16 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   yread(m, "num_experts", c.num_experts, source, false);
   yread(m, "moe_ffn_hidden_size", c.moe_ffn_hidden_size, source, false);
   yread(m, "moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size, source, false);
+  // MLA unless the YAML says otherwise; a YAML without MLA ranks (Llama's) is standard attention.
+  c.multi_latent_attention = detail::yget(m, "kv_lora_rank").has_value();
+  yread(m, "multi_latent_attention", c.multi_latent_attention, source, false);
+  const bool mla = c.multi_latent_attention;
   yread(m, "q_lora_rank", c.q_lora_rank, source, false);
-  yread(m, "kv_lora_rank", c.kv_lora_rank, source, true);
-  yread(m, "qk_head_dim", c.qk_head_dim, source, true);
-  yread(m, "qk_pos_emb_head_dim", c.qk_pos_emb_head_dim, source, true);
-  yread(m, "v_head_dim", c.v_head_dim, source, true);
+  yread(m, "kv_lora_rank", c.kv_lora_rank, source, mla);
+  yread(m, "qk_head_dim", c.qk_head_dim, source, mla);
+  yread(m, "qk_pos_emb_head_dim", c.qk_pos_emb_head_dim, source, mla);
+  yread(m, "v_head_dim", c.v_head_dim, source, mla);
+  yread(m, "kv_channels", c.kv_channels, source, false);
   yread(m, "mtp_num_layers", c.mtp_num_layers, source, false);
   if (detail::yget(m, "vocab_size_in_config_file")) yread(m, "vocab_size_in_config_file", c.vocab_size, source, true);
   else yread(m, "vocab_size", c.vocab_size, source, true);
@@ -210,8 +228,9 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   yread(m, "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, source, false);
   yread(m, "rotary_base", c.rotary_base, source, false);
   yread(m, "max_position_embeddings", c.max_position_embeddings, source, false);
-  if (auto rt = detail::yget(m, "rope_type"); rt && detail::yas<std::string>(*rt, source, "rope_type") != "yarn") {
-    c.rope_scaling.reset();
+  if (auto rt = detail::yget(m, "rope_type"); (!rt && !mla) ||
+                                              (rt && detail::yas<std::string>(*rt, source, "rope_type") != "yarn")) {
+    c.rope_scaling.reset();  // YaRN is DeepSeek's default only
   } else {
     RopeScaling& r = *c.rope_scaling;
     yread(m, "rotary_scaling_factor", r.factor, source, false);
@@ -288,11 +307,14 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   c.moe_ffn_hidden_size = jint(*o, "moe_intermediate_size", source, 0);
   c.num_experts = jint(*o, "n_routed_experts", source, 0);
   c.moe_shared_expert_intermediate_size = jint(*o, "n_shared_experts", source, 0) * c.moe_ffn_hidden_size;
+  c.multi_latent_attention = jget(*o, "kv_lora_rank") != nullptr;  // else standard attention (Llama schema)
+  const std::optional<std::int64_t> opt = c.multi_latent_attention ? std::nullopt : std::optional<std::int64_t>(0);
   c.q_lora_rank = jint(*o, "q_lora_rank", source, 0);
-  c.kv_lora_rank = jint(*o, "kv_lora_rank", source);
-  c.qk_head_dim = jint(*o, "qk_nope_head_dim", source);
-  c.qk_pos_emb_head_dim = jint(*o, "qk_rope_head_dim", source);
-  c.v_head_dim = jint(*o, "v_head_dim", source);
+  c.kv_lora_rank = jint(*o, "kv_lora_rank", source, opt);
+  c.qk_head_dim = jint(*o, "qk_nope_head_dim", source, opt);
+  c.qk_pos_emb_head_dim = jint(*o, "qk_rope_head_dim", source, opt);
+  c.v_head_dim = jint(*o, "v_head_dim", source, opt);
+  if (!c.multi_latent_attention) c.kv_channels = jint(*o, "head_dim", source, 0);
   c.num_attention_heads = jint(*o, "num_attention_heads", source);
   c.num_query_groups = jint(*o, "num_key_value_heads", source, c.num_attention_heads);
   c.vocab_size = jint(*o, "vocab_size", source);
@@ -387,6 +409,20 @@ struct HfJsonOptions {
   std::string transformers_version = "4.46.3";
 };
 
+namespace detail {
+// DeepSeek's 128x128 block-FP8 `quantization_config` (also read by transformers for other models).
+inline void write_fp8_quantization_config(rapidjson::PrettyWriter<rapidjson::StringBuffer>& w, const HfJsonOptions& o) {
+  w.Key("quantization_config");
+  w.StartObject();
+  w.Key("activation_scheme"); w.String("dynamic");
+  w.Key("fmt"); w.String("e4m3");
+  w.Key("quant_method"); w.String("fp8");
+  if (o.scale_fmt) { w.Key("scale_fmt"); w.String(o.scale_fmt->c_str()); }
+  w.Key("weight_block_size"); w.StartArray(); w.Int(128); w.Int(128); w.EndArray();
+  w.EndObject();
+}
+}  // namespace detail
+
 // HF config.json for the model (DeepSeek-V3 schema, keys in a stable order). The HF layout needs
 // the MoE pattern to be "first k dense, then all MoE"; anything else is refused.
 inline std::string to_hf_config_json(const ModelConfig& c, const HfJsonOptions& o = {}) {
@@ -431,16 +467,7 @@ inline std::string to_hf_config_json(const ModelConfig& c, const HfJsonOptions& 
   if (c.q_lora_rank > 0) w.Int64(c.q_lora_rank); else w.Null();
   w.Key("qk_nope_head_dim"); w.Int64(c.qk_head_dim);
   w.Key("qk_rope_head_dim"); w.Int64(c.qk_pos_emb_head_dim);
-  if (o.fp8_quantization_config) {
-    w.Key("quantization_config");
-    w.StartObject();
-    w.Key("activation_scheme"); w.String("dynamic");
-    w.Key("fmt"); w.String("e4m3");
-    w.Key("quant_method"); w.String("fp8");
-    if (o.scale_fmt) { w.Key("scale_fmt"); w.String(o.scale_fmt->c_str()); }
-    w.Key("weight_block_size"); w.StartArray(); w.Int(128); w.Int(128); w.EndArray();
-    w.EndObject();
-  }
+  if (o.fp8_quantization_config) detail::write_fp8_quantization_config(w, o);
   w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
   w.Key("rope_scaling");
   if (c.rope_scaling) {
@@ -472,6 +499,49 @@ inline std::string to_hf_config_json(const ModelConfig& c, const HfJsonOptions& 
   return std::string(sb.GetString(), sb.GetSize()) + "\n";
 }
 
+// HF config.json of a Llama 3 (LlamaForCausalLM) model: dense SwiGLU MLP, GQA attention, RMSNorm,
+// keys in a stable (sorted) order like transformers writes them. YaRN rope scaling and MoE do not
+// exist in this schema and are refused.
+inline std::string to_hf_llama_config_json(const ModelConfig& c, const HfJsonOptions& o = {}) {
+  c.validate("model config");
+  if (c.multi_latent_attention) fail("model config: multi-latent attention has no Llama config.json form");
+  if (c.num_experts != 0) fail("model config: key 'num_experts': ", c.num_experts, " experts; a Llama model is dense");
+  if (c.mtp_num_layers != 0) fail("model config: key 'mtp_num_layers': a Llama config.json has no MTP layers");
+  if (c.rope_scaling) fail("model config: YaRN rope scaling has no Llama config.json form (set rope_type: rope)");
+  rapidjson::StringBuffer sb;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+  w.SetIndent(' ', 2);
+  w.StartObject();
+  w.Key("architectures"); w.StartArray(); w.String("LlamaForCausalLM"); w.EndArray();
+  w.Key("attention_bias"); w.Bool(false);
+  w.Key("attention_dropout"); w.Double(0.0);
+  w.Key("bos_token_id"); w.Int(0);
+  w.Key("eos_token_id"); w.Int(1);
+  w.Key("head_dim"); w.Int64(c.head_dim());
+  w.Key("hidden_act"); w.String("silu");
+  w.Key("hidden_size"); w.Int64(c.hidden_size);
+  w.Key("initializer_range"); w.Double(0.02);
+  w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
+  w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
+  w.Key("mlp_bias"); w.Bool(false);
+  w.Key("model_type"); w.String("llama");
+  w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
+  w.Key("num_hidden_layers"); w.Int64(c.num_layers);
+  w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
+  w.Key("pretraining_tp"); w.Int(1);
+  if (o.fp8_quantization_config) detail::write_fp8_quantization_config(w, o);
+  w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
+  w.Key("rope_scaling"); w.Null();
+  w.Key("rope_theta"); w.Double(c.rotary_base);
+  w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
+  w.Key("torch_dtype"); w.String(o.dtype.c_str());
+  w.Key("transformers_version"); w.String(o.transformers_version.c_str());
+  w.Key("use_cache"); w.Bool(true);
+  w.Key("vocab_size"); w.Int64(c.vocab_size);
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize()) + "\n";
+}
+
 // Compares the architecture fields that decide tensor shapes and layer kinds; the error names the
 // first differing key and both sources.
 inline void check_same_architecture(const ModelConfig& a, std::string_view src_a, const ModelConfig& b,
@@ -488,6 +558,9 @@ inline void check_same_architecture(const ModelConfig& a, std::string_view src_a
   eq("qk_head_dim", a.qk_head_dim, b.qk_head_dim);
   eq("qk_pos_emb_head_dim", a.qk_pos_emb_head_dim, b.qk_pos_emb_head_dim);
   eq("v_head_dim", a.v_head_dim, b.v_head_dim);
+  eq("multi_latent_attention", a.multi_latent_attention, b.multi_latent_attention);
+  eq("kv_channels", a.head_dim(), b.head_dim());
+  eq("num_query_groups", a.num_query_groups, b.num_query_groups);
   eq("num_experts", a.num_experts, b.num_experts);
   if (a.num_experts) {
     eq("moe_ffn_hidden_size", a.moe_ffn_hidden_size, b.moe_ffn_hidden_size);

@@ -28,6 +28,7 @@ enum class TpRule : std::uint8_t {
   Cols,       // split dim 1
   GateUp,     // [gate; up] along dim 0, each rank holds [gate_r; up_r] (SwiGLU fc1)
   VocabRows,  // pad rows to the padded vocabulary (copies of the last row), then Rows
+  GroupedQkv, // [q; k; v] of GQA attention reordered by query group, whole groups per rank (linear_qkv)
 };
 
 // Where instances of a parameter live.
