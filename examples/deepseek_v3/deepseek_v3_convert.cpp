@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <iostream>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "ckbridge/config/convert_config.hpp"
@@ -70,16 +71,6 @@ format::TeVersion parse_te(const std::string& s) {
   if (std::sscanf(s.c_str(), "%d.%d", &v.major, &v.minor) != 2 || v.major != 2 || v.minor < 3)
     fail("--te_version: expected 2.<minor> with minor >= 3 (blockwise FP8 appeared in TE 2.3), got '", s, "'");
   return v;
-}
-
-// Refuses an output directory that already holds files (a different checkpoint, or a partial
-// run): nothing already there is overwritten.
-void check_output_dir(const fs::path& out) {
-  if (!fs::exists(out)) return;
-  if (!fs::is_directory(out)) fail("--save_ckpt_path ", out.string(), ": exists and is not a directory");
-  if (!fs::is_empty(out))
-    fail("--save_ckpt_path ", out.string(),
-         ": directory is not empty (it already holds a checkpoint or other files); choose a new directory");
 }
 
 void print_plan(const convert::Plan& plan, int workers) {
@@ -271,12 +262,21 @@ int main(int argc, char** argv) {
     print_plan(plan, o.max_workers);
     for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
     if (f.dry_run) return 0;
-    check_output_dir(out);
+    // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
+    std::ostringstream why;
+    why << f.load_platform << " -> " << f.save_platform << " from " << fs::absolute(f.load_ckpt_path).string()
+        << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
+        << f.quant_method << " pow2 " << f.force_pow_2_scales;
+    convert::RunState state(out, convert::plan_fingerprint(plan, why.str()));
+    if (state.resumed())
+      std::fprintf(stderr, "note: resuming an interrupted run in %s (%zu files already complete)\n",
+                   out.string().c_str(), state.done_count());
     convert::McoreWriteOptions mo;
     mo.te = te;
     mo.fake_dtype = o.torch_dtype;
     mo.amax_epsilon = o.amax_epsilon;
-    const auto res = convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet);
+    const auto res =
+        convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet, &state);
     std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
                 res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
     return 0;

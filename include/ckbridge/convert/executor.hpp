@@ -4,12 +4,14 @@
 // before they are written, so resident memory stays at the producers' scratch (plus the page
 // cache of the memory-mapped sources). Small files (index, tracker) are written last, so a
 // checkpoint never looks complete before all its parts are.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <functional>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "ckbridge/convert/plan.hpp"
+#include "ckbridge/convert/resume.hpp"
 #include "ckbridge/format/atomic_file.hpp"
 #include "ckbridge/format/safetensors_writer.hpp"
 
@@ -101,12 +104,24 @@ struct ExecResult {
   std::size_t files = 0;
 };
 
+// `state` (optional) makes the run resumable: finished files are skipped and recorded.
 inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
-                          const FileWriterFn& torch_writer, bool quiet = false) {
+                          const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr) {
   Progress prog;
   prog.total = plan.output_bytes();
+  // Test seam for the kill-and-resume tests: die (SIGKILL, no cleanup) after this many bytes.
+  if (const char* k = std::getenv("CKBRIDGE_TEST_KILL_AFTER_BYTES")) {
+    const std::uint64_t limit = std::strtoull(k, nullptr, 10);
+    auto inner = plan.release_sources;
+    prog.release_every = 1;
+    prog.release = [&prog, limit, inner] {
+      if (prog.done.load() >= limit) ::kill(::getpid(), SIGKILL);
+      static std::atomic<std::uint64_t> n{0};
+      if (inner && ((n += 1) % 4096) == 0) inner();
+    };
+  }
   prog.quiet = quiet;
-  prog.release = plan.release_sources;
+  if (!prog.release) prog.release = plan.release_sources;
   std::vector<std::size_t> order(plan.files.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
@@ -127,8 +142,13 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
       const OutFile& f = plan.files[order[k]];
       try {
         const auto path = out_root / f.rel;
+        if (state && state->finished(f.rel, 0)) {
+          prog.add(f.bytes());
+          continue;
+        }
         if (f.format == FileFormat::Safetensors) write_safetensors_file(f, path, prog);
         else torch_writer(f, path, prog);
+        if (state) state->mark_done(f.rel);
       } catch (...) {
         std::lock_guard lk(err_mu);
         if (!err) err = std::current_exception();
@@ -146,6 +166,7 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
     std::filesystem::create_directories((out_root / rel).parent_path());
     AtomicFile::write_all(out_root / rel, text);
   }
+  if (state) state->finish();
   prog.report(true);
   return {prog.done.load(), prog.seconds(), plan.files.size()};
 }

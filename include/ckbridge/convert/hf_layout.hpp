@@ -7,6 +7,7 @@
 
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/convert/instances.hpp"
+#include "ckbridge/core/dtype.hpp"
 #include "ckbridge/convert/names.hpp"
 #include "ckbridge/quant/fp8_blocks.hpp"
 

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Kill-and-resume: a conversion killed with SIGKILL at several points (including twice in a row,
+# and in both directions) and started again with the same arguments must produce output
+# byte-identical to an uninterrupted run; different arguments over a partial output, and a
+# directory holding other files, must be refused without touching them.
+# Usage: kill_resume.sh <build-dir> <work-dir>
+set -uo pipefail
+BUILD=$1
+WORK=$2
+BIN=$BUILD/examples
+CFG=configs/deepseek_v3/deepseek_v3_tiny.yaml
+CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
+rm -rf "$WORK"
+mkdir -p "$WORK"
+pass=0 fail=0
+check() {  # check <name> <condition-exit-status>
+  if [[ $2 -eq 0 ]]; then pass=$((pass + 1)); echo "ok   $1"; else fail=$((fail + 1)); echo "FAIL $1"; fi
+}
+"$BIN/deepseek_v3_make_tiny" --config_file "$CFG" --convert_file "$CONV" --out "$WORK/hf" --dtype fp8 >/dev/null || exit 1
+run() {  # run <from> <to> <src> <dst> [flags]
+  local from=$1 to=$2 src=$3 dst=$4
+  shift 4
+  "$BIN/deepseek_v3_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
+    --load_ckpt_path "$src" --save_ckpt_path "$dst" --hf_max_shard_size 1MB -q "$@"
+}
+L=(--tensor_model_parallel_size 2 --pipeline_model_parallel_size 2 --expert_parallel_size 2 --moe-grouped-gemm)
+run huggingface mcore "$WORK/hf" "$WORK/ref_mcore" "${L[@]}" >/dev/null 2>&1
+run mcore huggingface "$WORK/ref_mcore" "$WORK/ref_hf" >/dev/null 2>&1
+total=$(du -sb "$WORK/ref_mcore/release" | cut -f1)
+
+for frac in 5 30 55 80 90; do
+  kill_at=$((total * frac / 100))
+  rm -rf "$WORK/k"
+  CKBRIDGE_TEST_KILL_AFTER_BYTES=$kill_at run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+  rc=$?
+  [[ $rc -eq 137 ]]; check "HF->MCore killed at ${frac}% (exit $rc)" $?
+  [[ ! -e $WORK/k/latest_checkpointed_iteration.txt ]]; check "  no tracker file before all parts exist" $?
+  run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+  diff -r "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "  resumed output byte-identical" $?
+done
+
+# killed twice, then resumed
+rm -rf "$WORK/k"
+CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total * 3 / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+diff -r "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "HF->MCore killed twice, resumed: byte-identical" $?
+
+# MCore -> HF direction
+hf_total=$(du -sb "$WORK/ref_hf" | cut -f1)
+rm -rf "$WORK/kh"
+CKBRIDGE_TEST_KILL_AFTER_BYTES=$((hf_total / 2)) run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
+[[ ! -e $WORK/kh/model.safetensors.index.json ]]; check "MCore->HF killed: no index before all shards exist" $?
+run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
+diff -r "$WORK/ref_hf" "$WORK/kh" >/dev/null; check "MCore->HF resumed: byte-identical" $?
+
+# different arguments over a partial output: refused, partial output untouched
+rm -rf "$WORK/k"
+CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 2)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+before=$(find "$WORK/k" -type f -exec md5sum {} + | sort | md5sum)
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" --amax_epsilon 1e-4 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"partial output of a different conversion"* ]]; check "different arguments refused: $msg" $?
+after=$(find "$WORK/k" -type f -exec md5sum {} + | sort | md5sum)
+[[ $before == "$after" ]]; check "  partial output untouched" $?
+
+# a directory with other content: refused
+mkdir -p "$WORK/other" && echo keep >"$WORK/other/notes.txt"
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/other" "${L[@]}" 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"not empty"* && $(cat "$WORK/other/notes.txt") == keep ]]; check "non-empty directory refused" $?
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
