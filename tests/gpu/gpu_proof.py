@@ -16,6 +16,7 @@ Steps (each check is one row of the closing table, with its measured value):
  5. --device cuda quantization: MCore / HF FP8 bytes equal the CPU path's.
 Exits non-zero if any check fails; checks that cannot run here (no GPU, too few GPUs, no
 Megatron-Core) are listed as NOT RUN and also make the exit code non-zero unless --allow-not-run.
+With no GPU, --mcore-cpu dry-runs the TP1/TP2 Megatron checks on CPU processes (gloo).
 """
 import argparse
 import filecmp
@@ -546,7 +547,7 @@ def run_megatron(work, name, d, ids, ref_main, ref_mtp, ngpu, megatron_ok):
     if not megatron_ok:
         record(label, 'megatron.core not importable', '<= %g' % LOGIT_TOL, None)
         return
-    if ngpu < world and not (ngpu == 0 and MCORE_ON_CPU):
+    if ngpu < world and not (ngpu == 0 and MCORE_ON_CPU and ep == 1):  # alltoall (EP) makes CUDA streams
         record(label, 'needs %d GPUs, %d visible' % (world, ngpu), '<= %g' % LOGIT_TOL, None)
         return
     if ngpu == 0:
