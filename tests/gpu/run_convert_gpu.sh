@@ -11,8 +11,9 @@
 # wheels/ (megatron-core, installed into a private --target directory when megatron.core is not
 # importable). Without DIST the run builds the converter itself with CMake (needs Eigen, yaml-cpp,
 # RapidJSON, CLI11, zlib). Needs python3 with torch >= 2.6, transformers 5.x, safetensors, pyyaml.
-# Environment: PYTHON (default python3), CKB_GPU_WORK (scratch, default a temporary directory),
-# CKB_ALLOW_NOT_RUN=1 (checks that cannot run here, e.g. 2-GPU layouts on one GPU, do not fail).
+# Environment: PYTHON (default python3), CKB_BUILD_DIR (--prepare build tree, default next to DIST),
+# CKB_GPU_WORK (scratch, default a temporary directory), CKB_ALLOW_NOT_RUN=1 (checks that cannot
+# run here, e.g. the 2-GPU layouts on a one-GPU machine, do not fail the run).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 PY=${PYTHON:-python3}
@@ -20,7 +21,7 @@ MEGATRON_CORE_VERSION=0.16.1
 
 if [ "${1:-}" = "--prepare" ]; then
   DIST=${2:-gpubuild-conv/dist}
-  BUILD=$(dirname "$DIST")/build
+  BUILD=${CKB_BUILD_DIR:-$(dirname "$DIST")/build}
   set -e
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCKBRIDGE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCKBRIDGE_BUILD_TESTS=OFF -DCKBRIDGE_BUILD_BENCH=OFF "-DCMAKE_EXE_LINKER_FLAGS=-static-libstdc++ -static-libgcc"
