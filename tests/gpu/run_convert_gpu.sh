@@ -7,7 +7,7 @@
 #   tests/gpu/run_convert_gpu.sh --prepare [DIST]  on a build machine with the C++ dependencies and
 #                                                  PyPI access: build the converter, collect what
 #                                                  the GPU machine lacks into DIST
-# DIST holds bin/deepseek_v3_convert_cuda (libstdc++ linked statically), lib/ (yaml-cpp) and
+# DIST holds bin/deepseek_v3_convert_cuda (static libstdc++/libgcc/cudart), lib/ (yaml-cpp) and
 # wheels/ (megatron-core, installed into a private --target directory when megatron.core is not
 # importable). Without DIST the run builds the converter itself with CMake (needs Eigen, yaml-cpp,
 # RapidJSON, CLI11, zlib). Needs python3 with torch >= 2.6, transformers 5.x, safetensors, pyyaml.
