@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -71,6 +72,20 @@ format::TeVersion parse_te(const std::string& s) {
   if (std::sscanf(s.c_str(), "%d.%d", &v.major, &v.minor) != 2 || v.major != 2 || v.minor < 3)
     fail("--te_version: expected 2.<minor> with minor >= 3 (blockwise FP8 appeared in TE 2.3), got '", s, "'");
   return v;
+}
+
+// --dry-run: every output file with its tensor count and size, grouped per pipeline stage.
+void print_files(const convert::Plan& plan) {
+  std::map<int, int> per_stage;
+  for (const auto& f : plan.files) {
+    std::size_t n = 0;
+    for (const auto& e : f.entries) n += e.kind == convert::EntryKind::None ? 0 : 1;
+    std::printf("  %-48s %5zu tensors %10.3f MB\n", f.rel.string().c_str(), n, double(f.bytes()) / 1e6);
+    if (f.format == convert::FileFormat::TorchSave) ++per_stage[f.pp];
+  }
+  for (const auto& [p, n] : per_stage) std::printf("plan: pipeline stage %d: %d rank files\n", p, n);
+  for (const auto& [rel, text] : plan.small_files)
+    std::printf("  %-48s (written last, %zu bytes)\n", rel.string().c_str(), text.size());
 }
 
 void print_plan(const convert::Plan& plan, int workers) {
@@ -261,7 +276,10 @@ int main(int argc, char** argv) {
     }
     print_plan(plan, o.max_workers);
     for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
-    if (f.dry_run) return 0;
+    if (f.dry_run) {
+      print_files(plan);
+      return 0;
+    }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
     std::ostringstream why;
     why << f.load_platform << " -> " << f.save_platform << " from " << fs::absolute(f.load_ckpt_path).string()
