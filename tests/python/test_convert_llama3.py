@@ -11,6 +11,8 @@ the tiny model of configs/llama3/llama3_tiny.yaml and checks, without using any 
      block grid), whole groups per TP rank; SwiGLU [gate_r; up_r]; o_proj/down_proj column splits;
      vocab padding with copies of the last row; quantization against a numpy port of TE's quantizer;
   3. MCore -> HF back to the source: every file byte-identical; MCore -> MCore -> HF too;
+     with head_dim 64 (groups and the o_proj cut off the 128 blocks) the FP8 shards are
+     re-quantized, checked bit for bit against a numpy port of TE's quantizer;
   4. refusals: TP 4 with 2 query groups (names the flag and the groups), a k_proj of the wrong shape
      (names the tensor), an unknown --model.
 Exits non-zero on failure; the last line is "N passed, M failed".
@@ -100,6 +102,18 @@ def bf16_to_f32(u16):
     return (u16.astype(np.uint32) << 16).view(np.float32)
 
 
+def is_pow2(sc):
+    sc = np.asarray(sc, np.float32)
+    return bool(np.all(sc > 0) and np.all((sc.view(np.uint32) & 0x007FFFFF) == 0))
+
+
+def dequant(data_u8, scale):
+    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding)."""
+    m, n = data_u8.shape
+    full = np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
+    return data_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32) * full
+
+
 def quant_te(x, pow2=True):
     """TE Float8BlockQuantizer (128x128, e4m3, amax_epsilon 0), reference spec fp8-blockwise section 9."""
     m, n = x.shape
@@ -154,26 +168,41 @@ class Spec:
         self.kind, self.arr, self.scale, self.dtype = kind, arr, scale, dtype
 
 
-def full_linear(hf, keys, kind):
-    """The full common tensor of a linear and its scale (FP8 sources), by kind."""
+def full_linear(hf, keys, kind, hd):
+    """The full common tensor of a linear, its scale and its float32 values (FP8 sources), by kind."""
     parts = [hf[k] for k in keys]
     dtype = parts[0][0]
     arrs = [p[1] for p in parts]
     scales = [hf[k[:-len('weight')] + 'weight_scale_inv'][1] for k in keys] if dtype == 'F8_E4M3' else None
+    f32 = [dequant(a, sc) for a, sc in zip(arrs, scales)] if scales else None
     if kind == 'qkv':
-        arr = grouped_qkv(*arrs, HD)
-        scale = grouped_qkv(*scales, HD // 128) if scales else None
+        arr = grouped_qkv(*arrs, hd)
+        scale = grouped_qkv(*scales, hd // 128) if scales and hd % 128 == 0 else None
+        x = grouped_qkv(*f32, hd) if f32 else None
     else:
         arr = np.concatenate(arrs)
         scale = np.concatenate(scales) if scales else None
-    return dtype, arr, scale
+        x = np.concatenate(f32) if f32 else None
+    return dtype, arr, scale, x, bool(scales) and is_pow2(np.concatenate([sc.ravel() for sc in scales]))
 
 
-def linear_spec(hf, keys, kind, n, t, to_fp8):
+def aligned(kind, shape, n, hd):
+    """Do the shard's pieces fall on 128x128 blocks of the source parts (FP8 moves unchanged)?"""
+    if kind == 'qkv':
+        return hd % 128 == 0  # q runs are multiples of head_dim, k and v are one head_dim each
+    if kind == 'cols':
+        return (shape[1] // n) % 128 == 0
+    return (shape[0] // 2 // n) % 128 == 0  # gateup
+
+
+def linear_spec(hf, keys, kind, n, t, to_fp8, hd):
     rule = {'qkv': 'qkv', 'gateup': 'gateup', 'cols': 'cols'}[kind]
-    dtype, arr, scale = full_linear(hf, keys, kind)
-    if dtype == 'F8_E4M3':  # every cut of the tiny model falls on a 128 block: blocks move unchanged
-        return Spec('fp8', split(arr, rule, n, t), split(scale, rule, n, t))
+    dtype, arr, scale, x, pow2 = full_linear(hf, keys, kind, hd)
+    if dtype == 'F8_E4M3':
+        if aligned(kind, arr.shape, n, hd):  # blocks move unchanged
+            return Spec('fp8', split(arr, rule, n, t), split(scale, rule, n, t))
+        q, s = quant_te(split(x, rule, n, t), pow2)  # dequantize, re-quantize the shard (scale kind kept)
+        return Spec('fp8', q, s)
     if to_fp8:
         q, s = quant_te(split(bf16_to_f32(arr), rule, n, t))
         return Spec('fp8', q, s)
@@ -185,7 +214,7 @@ def stage_layers(pp):
     return [list(range(p * per, (p + 1) * per)) for p in range(pp)]
 
 
-def expected_checkpoint(hf, tp, pp, to_fp8=False):
+def expected_checkpoint(hf, tp, pp, to_fp8=False, hd=HD):
     """{rank dir: {key: Spec}} for an EP-1 layout (LoongForge naming mp_rank_TT[_PPP])."""
     out = {}
     for p, layers in enumerate(stage_layers(pp)):
@@ -204,16 +233,16 @@ def expected_checkpoint(hf, tp, pp, to_fp8=False):
 
                 plain('self_attention.linear_qkv.layer_norm_weight', hp + 'input_layernorm.weight')
                 e[pre + 'self_attention.linear_qkv.weight'] = linear_spec(
-                    hf, [hp + 'self_attn.%s_proj.weight' % x for x in 'qkv'], 'qkv', tp, t, to_fp8)
+                    hf, [hp + 'self_attn.%s_proj.weight' % x for x in 'qkv'], 'qkv', tp, t, to_fp8, hd)
                 e[pre + 'self_attention.linear_qkv._extra_state'] = Spec('none')
                 e[pre + 'self_attention.linear_proj.weight'] = linear_spec(
-                    hf, [hp + 'self_attn.o_proj.weight'], 'cols', tp, t, to_fp8)
+                    hf, [hp + 'self_attn.o_proj.weight'], 'cols', tp, t, to_fp8, hd)
                 e[pre + 'self_attention.linear_proj._extra_state'] = Spec('none')
                 plain('mlp.linear_fc1.layer_norm_weight', hp + 'post_attention_layernorm.weight')
                 e[pre + 'mlp.linear_fc1.weight'] = linear_spec(
-                    hf, [hp + 'mlp.gate_proj.weight', hp + 'mlp.up_proj.weight'], 'gateup', tp, t, to_fp8)
+                    hf, [hp + 'mlp.gate_proj.weight', hp + 'mlp.up_proj.weight'], 'gateup', tp, t, to_fp8, hd)
                 e[pre + 'mlp.linear_fc1._extra_state'] = Spec('none')
-                e[pre + 'mlp.linear_fc2.weight'] = linear_spec(hf, [hp + 'mlp.down_proj.weight'], 'cols', tp, t, to_fp8)
+                e[pre + 'mlp.linear_fc2.weight'] = linear_spec(hf, [hp + 'mlp.down_proj.weight'], 'cols', tp, t, to_fp8, hd)
                 e[pre + 'mlp.linear_fc2._extra_state'] = Spec('none')
             if p == pp - 1:
                 dt, a = hf['model.norm.weight']
@@ -226,22 +255,23 @@ def expected_checkpoint(hf, tp, pp, to_fp8=False):
 
 
 # ----------------------------------------------------------------------------------- running
-def run(args, expect_ok=True):
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+def run(args, expect_ok=True, env=None):
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
     if expect_ok and r.returncode != 0:
         raise AssertionError('%s failed (%d):\n%s%s' % (' '.join(map(str, args)), r.returncode, r.stdout, r.stderr))
     return r
 
 
-def convert(src, dst, tp, pp, frm='huggingface', to='mcore', extra=(), expect_ok=True):
-    return run([CONVERT, '--model', 'llama3', '--load_platform', frm, '--save_platform', to, '--config_file', CFG,
-                '--convert_file', CONV, '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors',
+def convert(src, dst, tp, pp, frm='huggingface', to='mcore', extra=(), expect_ok=True, cfg=CFG, conv=CONV,
+            env=None):
+    return run([CONVERT, '--model', 'llama3', '--load_platform', frm, '--save_platform', to, '--config_file', cfg,
+                '--convert_file', conv, '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors',
                 '--max_workers', 2, '--hf_max_shard_size', '4MB', '-q', '--tensor_model_parallel_size', tp,
-                '--pipeline_model_parallel_size', pp] + list(extra), expect_ok)
+                '--pipeline_model_parallel_size', pp] + list(extra), expect_ok, env)
 
 
-def check_mcore(hf, out, tp, pp, to_fp8=False):
-    exp = expected_checkpoint(hf, tp, pp, to_fp8)
+def check_mcore(hf, out, tp, pp, to_fp8=False, hd=HD):
+    exp = expected_checkpoint(hf, tp, pp, to_fp8, hd)
     have = sorted(os.listdir(os.path.join(out, 'release')))
     assert have == sorted(exp), 'rank directories %s, expected %s' % (have, sorted(exp))
     n_fp8 = n_plain = 0
@@ -249,7 +279,7 @@ def check_mcore(hf, out, tp, pp, to_fp8=False):
         obj = torch.load(os.path.join(out, 'release', d, 'model_optim_rng.pt'), map_location='cpu')
         a = vars(obj['args'])
         for k, v in {'num_layers': N, 'hidden_size': H, 'num_attention_heads': HEADS, 'num_query_groups': G,
-                     'kv_channels': HD, 'tensor_model_parallel_size': tp, 'pipeline_model_parallel_size': pp,
+                     'kv_channels': hd, 'tensor_model_parallel_size': tp, 'pipeline_model_parallel_size': pp,
                      'vocab_size': V, 'padded_vocab_size': pad_vocab(np.zeros((V, 1)), tp).shape[0]}.items():
             assert a.get(k) == v, '%s: args.%s = %r, expected %r' % (d, k, a.get(k), v)
         model = obj['model']
@@ -395,6 +425,31 @@ def run_all(work):
         r = run([MAKE_TINY, '--model', 'deepseek_v3', '--config_file', CFG, '--convert_file', CONV,
                  '--out', os.path.join(work, 'bad', 'out4')], expect_ok=False)
         assert r.returncode != 0 and 'error' in r.stderr, r.stderr
+    def unaligned():
+        # head_dim 64 (hidden / heads, no kv_channels): groups of [3 q heads; k; v] = 320 rows and the
+        # o_proj cut at TP 2 (384 columns) leave 128 blocks, so those FP8 shards are re-quantized
+        cfg_root = os.path.join(work, 'cfg')
+        shutil.copytree(os.path.dirname(CFG), os.path.join(cfg_root, 'llama3'))
+        cfg = os.path.join(cfg_root, 'llama3', 'llama3_tiny.yaml')
+        conv = os.path.join(cfg_root, 'llama3', 'ckpt_convert', 'llama3_convert.yaml')
+        with open(cfg) as f:
+            text = f.read()
+        with open(cfg, 'w') as f:
+            f.write('\n'.join(ln for ln in text.splitlines() if not ln.startswith('kv_channels:')) + '\n')
+        env = dict(os.environ, CKBRIDGE_CONFIGS_PATH=cfg_root)
+        for k in ('fp8', 'bf16'):
+            d, out, back = (os.path.join(work, 'hd64', x + '_' + k) for x in ('hf', 'mcore', 'back'))
+            run([MAKE_TINY, '--model', 'llama3', '--config_file', cfg, '--convert_file', conv, '--out', d,
+                 '--dtype', k], env=env)
+            r = convert(d, out, 2, 2, cfg=cfg, conv=conv, env=env)
+            assert k == 'bf16' or 're-quantizing' in r.stderr, r.stderr
+            check_mcore(read_hf(d), out, 2, 2, hd=H // HEADS)
+            if k == 'bf16':
+                convert(os.path.join(out, 'release'), back, 2, 2, frm='mcore', to='huggingface', cfg=cfg, conv=conv,
+                        env=env)
+                same_files(d, back)
+    check('head_dim 64: FP8 QKV and o_proj shards re-quantized (TE bits against numpy); BF16 round trip', unaligned)
+
     check('refusals: TP 4 over 2 query groups, a k_proj of the wrong shape, unknown --model, wrong policy', refusals)
 
 
