@@ -242,7 +242,8 @@ def expected_checkpoint(hf, tp, pp, to_fp8=False, hd=HD):
                 e[pre + 'mlp.linear_fc1.weight'] = linear_spec(
                     hf, [hp + 'mlp.gate_proj.weight', hp + 'mlp.up_proj.weight'], 'gateup', tp, t, to_fp8, hd)
                 e[pre + 'mlp.linear_fc1._extra_state'] = Spec('none')
-                e[pre + 'mlp.linear_fc2.weight'] = linear_spec(hf, [hp + 'mlp.down_proj.weight'], 'cols', tp, t, to_fp8, hd)
+                e[pre + 'mlp.linear_fc2.weight'] = linear_spec(
+                    hf, [hp + 'mlp.down_proj.weight'], 'cols', tp, t, to_fp8, hd)
                 e[pre + 'mlp.linear_fc2._extra_state'] = Spec('none')
             if p == pp - 1:
                 dt, a = hf['model.norm.weight']

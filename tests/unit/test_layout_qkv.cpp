@@ -58,7 +58,8 @@ Tensor mcore_qkv(const Tensor& hf_qkv, std::int64_t heads, std::int64_t groups, 
   // q = transpose_shape0(q, groups, R); value = cat([q, k, v]) -- k, v rows keep their place
   Perm step1(static_cast<std::size_t>(rows));
   const Perm tq = transpose_shape0(heads * hd, groups, R);
-  for (std::int64_t o = 0; o < rows; ++o) step1[static_cast<std::size_t>(o)] = o < heads * hd ? tq[static_cast<std::size_t>(o)] : o;
+  for (std::int64_t o = 0; o < rows; ++o)
+    step1[static_cast<std::size_t>(o)] = o < heads * hd ? tq[static_cast<std::size_t>(o)] : o;
   const Tensor value = permute_rows(hf_qkv, step1);
   // value = transpose_shape0(value, R + 2, groups)
   return permute_rows(value, transpose_shape0(rows, R + 2, groups));
@@ -102,7 +103,8 @@ BOOST_AUTO_TEST_CASE(shards_match_loongforge_row_permutation) {
       const GroupedQkv p{c.heads, c.groups, c.hd};
       for (int n = 1; n <= c.groups; ++n) {
         if (c.groups % n) continue;
-        BOOST_TEST_CONTEXT("heads " << c.heads << " groups " << c.groups << " hd " << c.hd << " " << dt << " TP " << n) {
+        BOOST_TEST_CONTEXT("heads " << c.heads << " groups " << c.groups << " hd " << c.hd << " " << dt << " TP "
+                                    << n) {
           const auto shards = split(p, "qkv", x.cview(), n);
           BOOST_REQUIRE_EQUAL(shards.size(), static_cast<std::size_t>(n));
           for (int r = 0; r < n; ++r) {

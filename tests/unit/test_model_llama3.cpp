@@ -107,9 +107,10 @@ BOOST_AUTO_TEST_CASE(shapes_instances_and_hf_parts) {
   for (const auto& in : inst) {
     if (in.layer != 1) continue;
     const std::string k = convert::mcore_key(nm, in, slot).key;
-    if (in.kind.common == "input_layernorm") BOOST_TEST(k == "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight");
-    if (in.kind.common == "post_attention_layernorm") BOOST_TEST(k == "decoder.layers.1.mlp.linear_fc1.layer_norm_weight");
-    if (in.kind.common == "attention.query_key_value") BOOST_TEST(k == "decoder.layers.1.self_attention.linear_qkv.weight");
+    const std::string_view c = in.kind.common;
+    if (c == "input_layernorm") BOOST_TEST(k == "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight");
+    if (c == "post_attention_layernorm") BOOST_TEST(k == "decoder.layers.1.mlp.linear_fc1.layer_norm_weight");
+    if (c == "attention.query_key_value") BOOST_TEST(k == "decoder.layers.1.self_attention.linear_qkv.weight");
   }
   // TP maps: one group per rank at TP 2, refused at TP 4
   const convert::TpSettings tps = convert::tp_settings(shape, convert::ConvertOptions{});

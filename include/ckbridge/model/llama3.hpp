@@ -41,7 +41,8 @@ struct Llama3 {
       fail("llama3: the model config describes multi-latent attention (kv_lora_rank, multi_latent_attention); "
            "Llama 3 uses grouped-query attention");
     if (c.num_experts != 0) fail("llama3: the model config has num_experts ", c.num_experts, "; Llama 3 is dense");
-    if (c.mtp_num_layers != 0) fail("llama3: the model config has mtp_num_layers ", c.mtp_num_layers, "; Llama 3 has none");
+    if (c.mtp_num_layers != 0)
+      fail("llama3: the model config has mtp_num_layers ", c.mtp_num_layers, "; Llama 3 has none");
     if (!c.untie_embeddings_and_output_weights)
       fail("llama3: tied embeddings (untie_embeddings_and_output_weights: false) are not supported");
   }
