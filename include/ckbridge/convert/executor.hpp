@@ -35,7 +35,7 @@ struct Progress {
   std::mutex mu;
   std::chrono::steady_clock::time_point last{};
   std::function<void()> release;  // called every release_every bytes
-  std::uint64_t release_every = 256ull << 20;
+  std::uint64_t release_every = 64ull << 20;  // bounds the resident source pages between releases
   std::atomic<std::uint64_t> since_release{0};
 
   double seconds() const {
