@@ -141,6 +141,27 @@ inline ArgList mcore_args(const ModelShape& shape, const ConvertOptions& o, cons
   return a;
 }
 
+// The (pp rank, virtual stage) pairs whose state dicts hold an instance: its layer's stage; the
+// embedding on the first partition and on every partition with MTP blocks (MTP needs it); final
+// norm and output layer where the last decoder layer is.
+inline std::vector<std::pair<int, int>> stages_holding(const PipelinePlan& pp, const Instance& in) {
+  std::vector<std::pair<int, int>> st;
+  for (int p = 0; p < pp.pp(); ++p)
+    for (int s = 0; s < pp.vpp(); ++s) {
+      bool here = false;
+      switch (in.kind.where) {
+        case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
+        case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
+        default: {
+          const LayerPlacement& lp = pp.placement(in.layer);
+          here = lp.pp_rank == p && lp.vp_stage == s;
+        }
+      }
+      if (here) st.push_back({p, s});
+    }
+  return st;
+}
+
 // The source of one parameter instance (HF tensors, or MCore shards), marking what it consumes.
 using SourceFn = std::function<std::shared_ptr<const LogicalSource>(const Instance&, Plan&)>;
 
@@ -178,24 +199,7 @@ void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const
   const TpSettings vocab = tp_settings(shape, o);
   const int etp = files.etp();
 
-  // Which (pp, vp stage) pairs hold an instance.
-  auto stages_of = [&](const Instance& in) {
-    std::vector<std::pair<int, int>> st;
-    for (int p = 0; p < pp.pp(); ++p)
-      for (int s = 0; s < pp.vpp(); ++s) {
-        bool here = false;
-        switch (in.kind.where) {
-          case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
-          case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
-          default: {
-            const LayerPlacement& lp = pp.placement(in.layer);
-            here = lp.pp_rank == p && lp.vp_stage == s;
-          }
-        }
-        if (here) st.push_back({p, s});
-      }
-    return st;
-  };
+  auto stages_of = [&](const Instance& in) { return stages_holding(pp, in); };
 
   std::vector<Instance> inst = enumerate_instances<Model>(shape);
   for (const Instance& in : inst) {

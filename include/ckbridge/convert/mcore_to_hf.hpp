@@ -74,20 +74,7 @@ public:
     const int size = expert ? files.etp() : o.tp;
     // stages holding the instance: the first one is read, the others (embedding copies on MTP
     // stages) are duplicates that only count as consumed
-    std::vector<std::pair<int, int>> stages;
-    for (int p = 0; p < pp.pp(); ++p)
-      for (int s = 0; s < pp.vpp(); ++s) {
-        bool here = false;
-        switch (in.kind.where) {
-          case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
-          case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
-          default: {
-            const LayerPlacement& lp = pp.placement(in.layer);
-            here = lp.pp_rank == p && lp.vp_stage == s;
-          }
-        }
-        if (here) stages.push_back({p, s});
-      }
+    std::vector<std::pair<int, int>> stages = stages_holding(pp, in);
     if (in.kind.where == model::Where::FirstStage)  // read from the first partition (vp 0)
       std::stable_sort(stages.begin(), stages.end(), [&](auto a, auto b) {
         return pp.has_embedding(a.first, a.second) > pp.has_embedding(b.first, b.second);
