@@ -214,6 +214,13 @@ int main(int argc, char** argv) {
     o.fp8_force_no_requant = f.fp8_force_no_requant;
     o.dequantize_fp8 = f.dequantize_fp8;
     o.device = f.device == "cpu" ? quant::Device::Cpu : f.device == "cuda" ? quant::Device::Cuda : quant::Device::Auto;
+    if (o.device == quant::Device::Cuda) {  // refuse before any output exists
+      try {
+        (void)quant::resolve_device(o.device);
+      } catch (const Error& e) {
+        fail("--device cuda: ", e.what(), f.device == "cuda" ? " (use --device auto or cpu, or the deepseek_v3_convert_cuda build)" : "");
+      }
+    }
     o.torch_dtype = parse_dtype(f.torch_dtype);
     o.hf_max_shard_bytes = parse_size(f.hf_max_shard_size, "--hf_max_shard_size");
     o.max_workers = f.max_workers;
