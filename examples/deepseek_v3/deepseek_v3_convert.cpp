@@ -30,7 +30,7 @@ namespace {
 struct Flags {
   std::string load_platform, save_platform, config_file, convert_file, load_ckpt_path, save_ckpt_path;
   int tp = 1, pp = 1, max_workers = 1;
-  std::optional<int> ep, etp, mtp_num_layers, vpp, first, last;
+  std::optional<int> ep, etp, mtp_num_layers, vpp, first, last, layers_per_vstage;
   std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
   bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
   bool dry_run = false, dequantize_fp8 = false, quiet = false;
@@ -135,6 +135,8 @@ int main(int argc, char** argv) {
   app.add_option("--torch_dtype", f.torch_dtype, "dtype of dequantized weights and of TE FP8 tensors' fake dtype");
   app.add_option("--vocab_size", f.vocab_size, "override the unpadded vocabulary size");
   app.add_option("--num-virtual-stages-per-pipeline-rank,--num_virtual_stages_per_pipeline_rank", f.vpp, "virtual pipeline stages");
+  app.add_option("--num_layers_per_virtual_pipeline_stage,--num-layers-per-virtual-pipeline-stage", f.layers_per_vstage,
+                 "alternative to --num-virtual-stages-per-pipeline-rank (must divide evenly)");
   app.add_option("--vpp-scheduler,--vpp_scheduler", f.vpp_scheduler, "dualpipev: DualPipeV stage order")->check(CLI::IsMember({"dualpipev"}));
   app.add_option("--decoder-first-pipeline-num-layers,--decoder_first_pipeline_num_layers", f.first, "layers of the first stage");
   app.add_option("--decoder-last-pipeline-num-layers,--decoder_last_pipeline_num_layers", f.last, "layers of the last stage");
@@ -197,6 +199,10 @@ int main(int argc, char** argv) {
     o.grouped_gemm = f.grouped_gemm;
     o.pipeline.pp = f.pp;
     o.pipeline.vpp = f.vpp.value_or(1);
+    if (f.layers_per_vstage) {
+      if (f.vpp) fail("--num_layers_per_virtual_pipeline_stage and --num-virtual-stages-per-pipeline-rank are exclusive");
+      o.pipeline.vpp = convert::vpp_from_layers_per_virtual_stage(static_cast<int>(mc.num_layers), f.pp, *f.layers_per_vstage);
+    }
     o.pipeline.dualpipev = f.vpp_scheduler == "dualpipev";
     o.pipeline.first = f.first;
     o.pipeline.last = f.last;
