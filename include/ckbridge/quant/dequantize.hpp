@@ -20,28 +20,46 @@ struct DequantOptions {
   std::string_view name = {};
 };
 
+namespace detail {
+// Blocks per CPU task along a row: a task covers one block row and a run of block columns, so
+// each input row is read as one contiguous stretch (hardware prefetchers like long runs).
+inline constexpr std::int64_t kDequantGroup = 8;
+
+// The 256 possible outputs of one block (one per code, the scale fixed): an exact table, since
+// dequantization is a pure function of (code, scale). The element loop becomes one load + store.
+template <class Out>
+void dequant_table(float sc, Out* tab) {
+  for (std::uint32_t c = 0; c < 256; ++c) {
+    if constexpr (std::is_same_v<Out, float>) tab[c] = dequant_f32(static_cast<std::uint8_t>(c), sc);
+    else tab[c] = bf16_t{dequant_bf16_bits(static_cast<std::uint8_t>(c), sc)};
+  }
+}
+}  // namespace detail
+
 // CPU kernel. `s` has ceil(M/128) rows and >= ceil(N/128) columns (padding ignored).
 template <class Out>
 void dequantize_cpu(TensorView<const e4m3_t, 2> q, TensorView<const float, 2> s, TensorView<Out, 2> y,
                     unsigned threads = 0) {
   static_assert(std::is_same_v<Out, float> || std::is_same_v<Out, bf16_t>, "dequantize to float or bf16_t");
   const std::int64_t m = q.extent(0), n = q.extent(1), bm = block_count(m), bn = block_count(n);
-  detail::parallel_for_sum(bm * bn, threads, [&](std::int64_t b, std::int64_t&) {
-    const std::int64_t bi = b / bn, bj = b % bn;
-    const float sc = s(bi, bj);
-    const std::int64_t r1 = std::min(m, (bi + 1) * kBlock), c0 = bj * kBlock, c1 = std::min(n, c0 + kBlock);
+  const std::int64_t groups = (bn + detail::kDequantGroup - 1) / detail::kDequantGroup;
+  const bool dense = q.stride(1) == 1 && y.stride(1) == 1;
+  detail::parallel_for_sum(bm * groups, threads, [&](std::int64_t task, std::int64_t&) {
+    const std::int64_t bi = task / groups, b0 = (task % groups) * detail::kDequantGroup;
+    const std::int64_t b1 = std::min(bn, b0 + detail::kDequantGroup);
+    alignas(64) Out tabs[detail::kDequantGroup][256];
+    for (std::int64_t b = b0; b < b1; ++b) detail::dequant_table(s(bi, b), tabs[b - b0]);
+    const std::int64_t r1 = std::min(m, (bi + 1) * kBlock);
     for (std::int64_t r = bi * kBlock; r < r1; ++r) {
-      if (q.stride(1) == 1 && y.stride(1) == 1) {
-        const std::uint8_t* in = reinterpret_cast<const std::uint8_t*>(&q(r, c0));
-        Out* out = &y(r, c0);
-        for (std::int64_t j = 0; j < c1 - c0; ++j) {
-          if constexpr (std::is_same_v<Out, float>) out[j] = dequant_f32(in[j], sc);
-          else out[j] = bf16_t{dequant_bf16_bits(in[j], sc)};
-        }
-      } else {
-        for (std::int64_t j = c0; j < c1; ++j) {
-          if constexpr (std::is_same_v<Out, float>) y(r, j) = dequant_f32(q(r, j).bits, sc);
-          else y(r, j) = bf16_t{dequant_bf16_bits(q(r, j).bits, sc)};
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const Out* tab = tabs[b - b0];
+        const std::int64_t c0 = b * kBlock, c1 = std::min(n, c0 + kBlock);
+        if (dense) {
+          const std::uint8_t* in = reinterpret_cast<const std::uint8_t*>(&q(r, c0));
+          Out* out = &y(r, c0);
+          for (std::int64_t j = 0; j < c1 - c0; ++j) out[j] = tab[in[j]];
+        } else {
+          for (std::int64_t j = c0; j < c1; ++j) y(r, j) = tab[q(r, j).bits];
         }
       }
     }

@@ -103,9 +103,12 @@ CKB_HD_INLINE BlockStats merge(BlockStats a, BlockStats b) {
 }
 
 // ---- E4M3 casts, branch-free so that loops vectorise. Equal to f32_to_e4m3_sat / _c10 in
-// core/float_bits.hpp (tested), which are the readable definitions.
+// core/float_bits.hpp (tested), which are the readable definitions. Magnitude bit patterns
+// (<= 0x7FFFFFFF) are compared as signed ints: same order, and x86 has signed vector compares
+// only (an unsigned one costs two extra operations per vector).
+CKB_HD_INLINE std::int32_t as_i32(std::uint32_t u) { return static_cast<std::int32_t>(u); }
 CKB_HD_INLINE std::uint32_t e4m3_abs_code(std::uint32_t a) {
-  const bool small = a < 0x3C800000u;
+  const bool small = as_i32(a) < 0x3C800000;
   // normal range (|v| >= 2^-6): round the fp32 bits to 3 mantissa bits (RNE), rebias 127 -> 7
   const std::uint32_t norm = ((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
   // subnormal range: adding 2^14 puts the fp32 ulp at 2^-9 = the e4m3 subnormal step, so the
@@ -116,17 +119,17 @@ CKB_HD_INLINE std::uint32_t e4m3_abs_code(std::uint32_t a) {
 // TE / cvt.rn.satfinite: |v| > 464 or Inf -> 448; NaN -> 0x7F (sign dropped, as the hardware).
 CKB_HD_INLINE std::uint8_t e4m3_sat(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
-  const bool big = a > 0x43E80000u;
+  const bool big = as_i32(a) > 0x43E80000;
   const std::uint32_t c = sel(big, 0x7Eu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
-  return static_cast<std::uint8_t>(sel(a > kF32Inf, 0x7Fu, c));
+  return static_cast<std::uint8_t>(sel(as_i32(a) > as_i32(kF32Inf), 0x7Fu, c));
 }
 // PyTorch c10 cast on CUDA values: |v| > 464 or Inf -> 0x7F | sign; NaN is CUDA's canonical
 // positive NaN -> 0x7F.
 CKB_HD_INLINE std::uint8_t e4m3_c10_canon(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
-  const bool big = a > 0x43E80000u;
+  const bool big = as_i32(a) > 0x43E80000;
   const std::uint32_t c = sel(big, 0x7Fu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
-  return static_cast<std::uint8_t>(sel(a > kF32Inf, 0x7Fu, c));
+  return static_cast<std::uint8_t>(sel(as_i32(a) > as_i32(kF32Inf), 0x7Fu, c));
 }
 
 // 2^e as float32: exact, subnormal down to 2^-149, 0 below, +Inf from 2^128 (torch.pow(2, e)).

@@ -56,54 +56,114 @@ inline void check_quant_options(const QuantOptions& o) {
     fail("quantize '", tensor_label(o.name), "': amax_epsilon must be finite and >= 0, got ", e);
 }
 
-// One 128x128 block on the CPU: statistics pass, then the encode pass (rows are contiguous in
-// the fast case, so both inner loops vectorise).
-template <class Method, class T>
-bool quantize_block_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q, std::int64_t bi,
-                        std::int64_t bj, float eps, bool pow2, float* scale_out) {
-  using E = Elem<T>;
-  const std::int64_t r0 = bi * kBlock, r1 = std::min(r0 + kBlock, x.extent(0));
-  const std::int64_t c0 = bj * kBlock, c1 = std::min(c0 + kBlock, x.extent(1));
-  const std::int64_t w = c1 - c0;
-  const bool dense = x.stride(1) == 1 && q.stride(1) == 1;
-  BlockStats st;
-  for (std::int64_t r = r0; r < r1; ++r) {
-    // two max-reductions (all abs bits, and non-NaN abs bits) vectorise; NaN iff the first > Inf
-    std::uint32_t mraw = 0, mx = 0;
-    if (dense) {
-      const T* row = &x(r, c0);
-      for (std::int64_t j = 0; j < w; ++j) {
-        const std::uint32_t a = E::abs_bits(row[j]);
-        mraw = umax(mraw, a);
-        mx = umax(mx, sel(a > kF32Inf, 0u, a));
-      }
-    } else {
-      for (std::int64_t j = c0; j < c1; ++j) {
-        const std::uint32_t a = E::abs_bits(x(r, j));
-        mraw = umax(mraw, a);
-        mx = umax(mx, sel(a > kF32Inf, 0u, a));
-      }
-    }
-    st = merge(st, BlockStats{mx, mraw > kF32Inf});
+// ---- CPU kernel internals. A task is one block row times a run of block columns (about 256 KiB
+// of input): every input row is then read as one long contiguous stretch, which the hardware
+// prefetchers follow (one 128x128 block alone is 128 short runs, and its loads stall), and the
+// encode pass finds the group still in L2.
+template <class T>
+inline constexpr std::int64_t kQuantGroup = std::max<std::int64_t>(1, (256 * 1024) / (kBlock * kBlock * std::int64_t(sizeof(T))));
+
+// Magnitude bits of an element in its own format, as a signed int (bf16 / f16 / fp32 magnitudes
+// order like their values, NaNs above `nan_above`): the amax reduction runs on 16-bit lanes for
+// 2-byte inputs, and x86 vector max / compare are signed. `abs_bits32` maps a non-NaN magnitude to
+// fp32 |x| bits (monotone, so it commutes with max).
+template <class T> struct Mag;
+template <> struct Mag<bf16_t> {
+  using type = std::int16_t;
+  static constexpr type nan_above = 0x7F80;
+  static type of(bf16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
+  static std::uint32_t abs_bits32(type m) { return std::uint32_t(static_cast<std::uint16_t>(m)) << 16; }
+  static float to_f32(bf16_t x) { return f32_from_bits(std::uint32_t{x.bits} << 16); }
+};
+template <> struct Mag<f16_t> {
+  using type = std::int16_t;
+  static constexpr type nan_above = 0x7C00;
+  static type of(f16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
+  static std::uint32_t abs_bits32(type m) { return Elem<f16_t>::abs_bits(f16_t{static_cast<std::uint16_t>(m)}); }
+  // Branch-free f16 -> f32 (f16_bits_to_f32 normalises subnormals with a loop): a subnormal is
+  // m * 2^-24, exact in fp32 as int -> float and a multiply by a power of two.
+  static float to_f32(f16_t x) {
+    const std::uint32_t h = x.bits, sign = (h & 0x8000u) << 16, a = h & 0x7FFFu, e = a >> 10, m = h & 0x3FFu;
+    const std::uint32_t sub = f32_bits(static_cast<float>(static_cast<std::int32_t>(m)) * 5.9604644775390625e-08f);
+    const std::uint32_t norm = (a << 13) + (112u << 23), special = kF32Inf | (m << 13);
+    return f32_from_bits(sign | sel(e == 0x1Fu, special, sel(e == 0u, sub, norm)));
   }
-  const BlockScale bs = Method::block_scale(st, eps, pow2, E::vmax_bits);
-  *scale_out = bs.scale_inv;
-  auto encode_rows = [&](auto enc) {
-    for (std::int64_t r = r0; r < r1; ++r) {
+};
+template <> struct Mag<float> {
+  using type = std::int32_t;
+  static constexpr type nan_above = 0x7F800000;
+  static type of(float x) { return as_i32(f32_bits(x) & 0x7FFFFFFFu); }
+  static std::uint32_t abs_bits32(type m) { return static_cast<std::uint32_t>(m); }
+  static float to_f32(float x) { return x; }
+};
+
+// Running maxima over a dense row segment: of all magnitudes (NaN iff it ends above nan_above)
+// and of the non-NaN ones.
+template <class T>
+void row_amax(const T* p, std::int64_t w, typename Mag<T>::type& raw, typename Mag<T>::type& nonnan) {
+  using M = typename Mag<T>::type;
+  M r = raw, k = nonnan;
+  for (std::int64_t j = 0; j < w; ++j) {
+    const M a = Mag<T>::of(p[j]);
+    r = r > a ? r : a;
+    const M b = a > Mag<T>::nan_above ? M(0) : a;
+    k = k > b ? k : b;
+  }
+  raw = r;
+  nonnan = k;
+}
+
+// Encodes a dense row segment: out[j] = enc(RN(x[j] * mul)).
+template <class T, class Enc>
+void row_encode(const T* p, std::int64_t w, float mul, std::uint8_t* out, Enc enc) {
+  for (std::int64_t j = 0; j < w; ++j) out[j] = enc(mul_rn(Mag<T>::to_f32(p[j]), mul));
+}
+
+// Block row `bi`, block columns [b0, b1) (at most kQuantGroup<T>): statistics pass over the
+// group, block scales, then the encode pass. Returns the number of fallback blocks.
+template <class Method, class T>
+std::int64_t quantize_group_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q,
+                                const TensorView<float, 2>& scale_inv, std::int64_t bi, std::int64_t b0,
+                                std::int64_t b1, float eps, bool pow2) {
+  using M = typename Mag<T>::type;
+  constexpr std::int64_t G = kQuantGroup<T>;
+  const std::int64_t r0 = bi * kBlock, r1 = std::min(r0 + kBlock, x.extent(0)), n = x.extent(1);
+  const bool dense = x.stride(1) == 1 && q.stride(1) == 1;
+  M raw[G] = {}, nonnan[G] = {};
+  for (std::int64_t r = r0; r < r1; ++r) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t c0 = b * kBlock, c1 = std::min(c0 + kBlock, n);
       if (dense) {
-        const T* row = &x(r, c0);
-        std::uint8_t* out = reinterpret_cast<std::uint8_t*>(&q(r, c0));  // the whole row, not one member
-        for (std::int64_t j = 0; j < w; ++j) out[j] = enc(mul_rn(E::to_f32(row[j]), bs.mul));
+        row_amax(&x(r, c0), c1 - c0, raw[b - b0], nonnan[b - b0]);
       } else {
-        for (std::int64_t j = c0; j < c1; ++j) q(r, j).bits = enc(mul_rn(E::to_f32(x(r, j)), bs.mul));
+        for (std::int64_t j = c0; j < c1; ++j) row_amax(&x(r, j), 1, raw[b - b0], nonnan[b - b0]);
       }
     }
-  };
-  if (bs.te_cast)
-    encode_rows([](float v) { return te::encode(v); });
-  else
-    encode_rows([](float v) { return Method::encode(v); });
-  return bs.fallback;
+  }
+  BlockScale bs[G];
+  std::int64_t fallbacks = 0;
+  for (std::int64_t b = b0; b < b1; ++b) {
+    const BlockStats st{Mag<T>::abs_bits32(nonnan[b - b0]), raw[b - b0] > Mag<T>::nan_above};
+    bs[b - b0] = Method::block_scale(st, eps, pow2, Elem<T>::vmax_bits);
+    scale_inv(bi, b) = bs[b - b0].scale_inv;
+    fallbacks += bs[b - b0].fallback ? 1 : 0;
+  }
+  const auto te_enc = [](float v) { return te::encode(v); };
+  const auto method_enc = [](float v) { return Method::encode(v); };
+  for (std::int64_t r = r0; r < r1; ++r) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t c0 = b * kBlock, c1 = std::min(c0 + kBlock, n);
+      const BlockScale& s = bs[b - b0];
+      if (dense) {
+        std::uint8_t* out = reinterpret_cast<std::uint8_t*>(&q(r, c0));  // the whole row, not one member
+        if (s.te_cast) row_encode(&x(r, c0), c1 - c0, s.mul, out, te_enc);
+        else row_encode(&x(r, c0), c1 - c0, s.mul, out, method_enc);
+      } else {
+        for (std::int64_t j = c0; j < c1; ++j) q(r, j).bits = encode_in_block<Method>(Mag<T>::to_f32(x(r, j)), s);
+      }
+    }
+  }
+  return fallbacks;
 }
 
 }  // namespace detail
@@ -119,9 +179,11 @@ std::int64_t quantize_cpu(TensorView<const T, 2> x, TensorView<e4m3_t, 2> q, Ten
     fail("quantize: scale_inv shape ", shape_str(scale_inv.shape()), " too small for data ", shape_str(x.shape()));
   for (std::int64_t i = 0; i < bm; ++i)
     for (std::int64_t j = bn; j < scale_inv.extent(1); ++j) scale_inv(i, j) = 0.0f;
-  return detail::parallel_for_sum(bm * bn, threads, [&](std::int64_t b, std::int64_t& acc) {
-    const std::int64_t bi = b / bn, bj = b % bn;
-    acc += detail::quantize_block_cpu<Method, T>(x, q, bi, bj, eps, pow2, &scale_inv(bi, bj)) ? 1 : 0;
+  constexpr std::int64_t G = detail::kQuantGroup<T>;
+  const std::int64_t groups = (bn + G - 1) / G;
+  return detail::parallel_for_sum(bm * groups, threads, [&](std::int64_t task, std::int64_t& acc) {
+    const std::int64_t bi = task / groups, b0 = (task % groups) * G;
+    acc += detail::quantize_group_cpu<Method, T>(x, q, scale_inv, bi, b0, std::min(bn, b0 + G), eps, pow2);
   });
 }
 
