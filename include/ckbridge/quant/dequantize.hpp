@@ -10,6 +10,7 @@
 
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/tensor.hpp"
+#include "ckbridge/quant/cpu_isa.hpp"
 #include "ckbridge/quant/quantize.hpp"
 
 namespace ckbridge::quant {
@@ -28,11 +29,65 @@ inline constexpr std::int64_t kDequantGroup = 8;
 // The 256 possible outputs of one block (one per code, the scale fixed): an exact table, since
 // dequantization is a pure function of (code, scale). The element loop becomes one load + store.
 template <class Out>
-void dequant_table(float sc, Out* tab) {
+CKB_CPU_INLINE void dequant_table(float sc, Out* tab) {
   for (std::uint32_t c = 0; c < 256; ++c) {
     if constexpr (std::is_same_v<Out, float>) tab[c] = dequant_f32(static_cast<std::uint8_t>(c), sc);
     else tab[c] = bf16_t{dequant_bf16_bits(static_cast<std::uint8_t>(c), sc)};
   }
+}
+
+// Block row `bi`, block columns [b0, b1) (at most kDequantGroup).
+template <class Out>
+CKB_CPU_INLINE void dequant_group_cpu(const TensorView<const e4m3_t, 2>& q, const TensorView<const float, 2>& s,
+                                      const TensorView<Out, 2>& y, std::int64_t bi, std::int64_t b0,
+                                      std::int64_t b1) {
+  const std::int64_t m = q.extent(0), n = q.extent(1);
+  const bool dense = q.stride(1) == 1 && y.stride(1) == 1;
+  alignas(64) Out tabs[kDequantGroup][256];
+  for (std::int64_t b = b0; b < b1; ++b) dequant_table(s(bi, b), tabs[b - b0]);
+  const std::int64_t r1 = std::min(m, (bi + 1) * kBlock);
+  for (std::int64_t r = bi * kBlock; r < r1; ++r) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const Out* tab = tabs[b - b0];
+      const std::int64_t c0 = b * kBlock, c1 = std::min(n, c0 + kBlock);
+      if (dense) {
+        const std::uint8_t* in = reinterpret_cast<const std::uint8_t*>(&q(r, c0));
+        Out* out = &y(r, c0);
+        for (std::int64_t j = 0; j < c1 - c0; ++j) out[j] = tab[in[j]];
+      } else {
+        for (std::int64_t j = c0; j < c1; ++j) y(r, j) = tab[q(r, j).bits];
+      }
+    }
+  }
+}
+
+// The group kernel compiled for each instruction set (cpu_isa.hpp).
+template <class Out>
+using DequantGroupFn = void (*)(const TensorView<const e4m3_t, 2>&, const TensorView<const float, 2>&,
+                                const TensorView<Out, 2>&, std::int64_t, std::int64_t, std::int64_t);
+#define CKB_DEQUANT_GROUP_VARIANT(NAME, ATTR)                                                                     \
+  template <class Out>                                                                                           \
+  ATTR void NAME(const TensorView<const e4m3_t, 2>& q, const TensorView<const float, 2>& s,                        \
+                 const TensorView<Out, 2>& y, std::int64_t bi, std::int64_t b0, std::int64_t b1) {                \
+    dequant_group_cpu<Out>(q, s, y, bi, b0, b1);                                                                 \
+  }
+CKB_DEQUANT_GROUP_VARIANT(dequant_group_baseline, )
+#if CKB_X86_DISPATCH
+CKB_DEQUANT_GROUP_VARIANT(dequant_group_avx2, CKB_TARGET_AVX2)
+CKB_DEQUANT_GROUP_VARIANT(dequant_group_avx512, CKB_TARGET_AVX512)
+#endif
+#undef CKB_DEQUANT_GROUP_VARIANT
+
+template <class Out>
+DequantGroupFn<Out> dequant_group_kernel() {
+#if CKB_X86_DISPATCH
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512: return &dequant_group_avx512<Out>;
+    case CpuIsa::Avx2: return &dequant_group_avx2<Out>;
+    default: break;
+  }
+#endif
+  return &dequant_group_baseline<Out>;
 }
 }  // namespace detail
 
@@ -41,28 +96,12 @@ template <class Out>
 void dequantize_cpu(TensorView<const e4m3_t, 2> q, TensorView<const float, 2> s, TensorView<Out, 2> y,
                     unsigned threads = 0) {
   static_assert(std::is_same_v<Out, float> || std::is_same_v<Out, bf16_t>, "dequantize to float or bf16_t");
-  const std::int64_t m = q.extent(0), n = q.extent(1), bm = block_count(m), bn = block_count(n);
+  const std::int64_t bm = block_count(q.extent(0)), bn = block_count(q.extent(1));
   const std::int64_t groups = (bn + detail::kDequantGroup - 1) / detail::kDequantGroup;
-  const bool dense = q.stride(1) == 1 && y.stride(1) == 1;
+  const auto kernel = detail::dequant_group_kernel<Out>();
   detail::parallel_for_sum(bm * groups, threads, [&](std::int64_t task, std::int64_t&) {
     const std::int64_t bi = task / groups, b0 = (task % groups) * detail::kDequantGroup;
-    const std::int64_t b1 = std::min(bn, b0 + detail::kDequantGroup);
-    alignas(64) Out tabs[detail::kDequantGroup][256];
-    for (std::int64_t b = b0; b < b1; ++b) detail::dequant_table(s(bi, b), tabs[b - b0]);
-    const std::int64_t r1 = std::min(m, (bi + 1) * kBlock);
-    for (std::int64_t r = bi * kBlock; r < r1; ++r) {
-      for (std::int64_t b = b0; b < b1; ++b) {
-        const Out* tab = tabs[b - b0];
-        const std::int64_t c0 = b * kBlock, c1 = std::min(n, c0 + kBlock);
-        if (dense) {
-          const std::uint8_t* in = reinterpret_cast<const std::uint8_t*>(&q(r, c0));
-          Out* out = &y(r, c0);
-          for (std::int64_t j = 0; j < c1 - c0; ++j) out[j] = tab[in[j]];
-        } else {
-          for (std::int64_t j = c0; j < c1; ++j) y(r, j) = tab[q(r, j).bits];
-        }
-      }
-    }
+    kernel(q, s, y, bi, b0, std::min(bn, b0 + detail::kDequantGroup));
   });
 }
 

@@ -23,6 +23,7 @@
 #include "ckbridge/core/any_view.hpp"
 #include "ckbridge/core/tensor.hpp"
 #include "ckbridge/core/tensor_view.hpp"
+#include "ckbridge/quant/cpu_isa.hpp"
 #include "ckbridge/quant/device.hpp"
 #include "ckbridge/quant/fp8_blocks.hpp"
 #include "ckbridge/quant/fp8_math.hpp"
@@ -71,18 +72,18 @@ template <class T> struct Mag;
 template <> struct Mag<bf16_t> {
   using type = std::int16_t;
   static constexpr type nan_above = 0x7F80;
-  static type of(bf16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
-  static std::uint32_t abs_bits32(type m) { return std::uint32_t(static_cast<std::uint16_t>(m)) << 16; }
-  static float to_f32(bf16_t x) { return f32_from_bits(std::uint32_t{x.bits} << 16); }
+  CKB_CPU_INLINE static type of(bf16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
+  CKB_CPU_INLINE static std::uint32_t abs_bits32(type m) { return std::uint32_t(static_cast<std::uint16_t>(m)) << 16; }
+  CKB_CPU_INLINE static float to_f32(bf16_t x) { return f32_from_bits(std::uint32_t{x.bits} << 16); }
 };
 template <> struct Mag<f16_t> {
   using type = std::int16_t;
   static constexpr type nan_above = 0x7C00;
-  static type of(f16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
-  static std::uint32_t abs_bits32(type m) { return Elem<f16_t>::abs_bits(f16_t{static_cast<std::uint16_t>(m)}); }
+  CKB_CPU_INLINE static type of(f16_t x) { return static_cast<type>(x.bits & 0x7FFFu); }
+  CKB_CPU_INLINE static std::uint32_t abs_bits32(type m) { return Elem<f16_t>::abs_bits(f16_t{static_cast<std::uint16_t>(m)}); }
   // Branch-free f16 -> f32 (f16_bits_to_f32 normalises subnormals with a loop): a subnormal is
   // m * 2^-24, exact in fp32 as int -> float and a multiply by a power of two.
-  static float to_f32(f16_t x) {
+  CKB_CPU_INLINE static float to_f32(f16_t x) {
     const std::uint32_t h = x.bits, sign = (h & 0x8000u) << 16, a = h & 0x7FFFu, e = a >> 10, m = h & 0x3FFu;
     const std::uint32_t sub = f32_bits(static_cast<float>(static_cast<std::int32_t>(m)) * 5.9604644775390625e-08f);
     const std::uint32_t norm = (a << 13) + (112u << 23), special = kF32Inf | (m << 13);
@@ -92,15 +93,15 @@ template <> struct Mag<f16_t> {
 template <> struct Mag<float> {
   using type = std::int32_t;
   static constexpr type nan_above = 0x7F800000;
-  static type of(float x) { return as_i32(f32_bits(x) & 0x7FFFFFFFu); }
-  static std::uint32_t abs_bits32(type m) { return static_cast<std::uint32_t>(m); }
-  static float to_f32(float x) { return x; }
+  CKB_CPU_INLINE static type of(float x) { return as_i32(f32_bits(x) & 0x7FFFFFFFu); }
+  CKB_CPU_INLINE static std::uint32_t abs_bits32(type m) { return static_cast<std::uint32_t>(m); }
+  CKB_CPU_INLINE static float to_f32(float x) { return x; }
 };
 
 // Running maxima over a dense row segment: of all magnitudes (NaN iff it ends above nan_above)
 // and of the non-NaN ones.
 template <class T>
-void row_amax(const T* p, std::int64_t w, typename Mag<T>::type& raw, typename Mag<T>::type& nonnan) {
+CKB_CPU_INLINE void row_amax(const T* p, std::int64_t w, typename Mag<T>::type& raw, typename Mag<T>::type& nonnan) {
   using M = typename Mag<T>::type;
   M r = raw, k = nonnan;
   for (std::int64_t j = 0; j < w; ++j) {
@@ -113,16 +114,20 @@ void row_amax(const T* p, std::int64_t w, typename Mag<T>::type& raw, typename M
   nonnan = k;
 }
 
-// Encodes a dense row segment: out[j] = enc(RN(x[j] * mul)).
-template <class T, class Enc>
-void row_encode(const T* p, std::int64_t w, float mul, std::uint8_t* out, Enc enc) {
-  for (std::int64_t j = 0; j < w; ++j) out[j] = enc(mul_rn(Mag<T>::to_f32(p[j]), mul));
+// Encodes a dense row segment: out[j] = encode(RN(x[j] * mul)), with te's cast or the method's.
+template <class Method, bool TeCast, class T>
+CKB_CPU_INLINE void row_encode(const T* p, std::int64_t w, float mul, std::uint8_t* out) {
+  for (std::int64_t j = 0; j < w; ++j) {
+    const float v = mul_rn(Mag<T>::to_f32(p[j]), mul);
+    if constexpr (TeCast) out[j] = te::encode(v);
+    else out[j] = Method::encode(v);
+  }
 }
 
 // Block row `bi`, block columns [b0, b1) (at most kQuantGroup<T>): statistics pass over the
 // group, block scales, then the encode pass. Returns the number of fallback blocks.
 template <class Method, class T>
-std::int64_t quantize_group_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q,
+CKB_CPU_INLINE std::int64_t quantize_group_cpu(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q,
                                 const TensorView<float, 2>& scale_inv, std::int64_t bi, std::int64_t b0,
                                 std::int64_t b1, float eps, bool pow2) {
   using M = typename Mag<T>::type;
@@ -148,22 +153,51 @@ std::int64_t quantize_group_cpu(const TensorView<const T, 2>& x, const TensorVie
     scale_inv(bi, b) = bs[b - b0].scale_inv;
     fallbacks += bs[b - b0].fallback ? 1 : 0;
   }
-  const auto te_enc = [](float v) { return te::encode(v); };
-  const auto method_enc = [](float v) { return Method::encode(v); };
   for (std::int64_t r = r0; r < r1; ++r) {
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t c0 = b * kBlock, c1 = std::min(c0 + kBlock, n);
       const BlockScale& s = bs[b - b0];
       if (dense) {
         std::uint8_t* out = reinterpret_cast<std::uint8_t*>(&q(r, c0));  // the whole row, not one member
-        if (s.te_cast) row_encode(&x(r, c0), c1 - c0, s.mul, out, te_enc);
-        else row_encode(&x(r, c0), c1 - c0, s.mul, out, method_enc);
+        if (s.te_cast) row_encode<Method, true>(&x(r, c0), c1 - c0, s.mul, out);
+        else row_encode<Method, false>(&x(r, c0), c1 - c0, s.mul, out);
       } else {
         for (std::int64_t j = c0; j < c1; ++j) q(r, j).bits = encode_in_block<Method>(Mag<T>::to_f32(x(r, j)), s);
       }
     }
   }
   return fallbacks;
+}
+
+// The group kernel compiled for each instruction set (same source, same bytes; cpu_isa.hpp).
+template <class Method, class T>
+using QuantGroupFn = std::int64_t (*)(const TensorView<const T, 2>&, const TensorView<e4m3_t, 2>&,
+                                      const TensorView<float, 2>&, std::int64_t, std::int64_t, std::int64_t, float,
+                                      bool);
+#define CKB_QUANT_GROUP_VARIANT(NAME, ATTR)                                                                       \
+  template <class Method, class T>                                                                               \
+  ATTR std::int64_t NAME(const TensorView<const T, 2>& x, const TensorView<e4m3_t, 2>& q,                          \
+                         const TensorView<float, 2>& s, std::int64_t bi, std::int64_t b0, std::int64_t b1, float eps, \
+                         bool pow2) {                                                                            \
+    return quantize_group_cpu<Method, T>(x, q, s, bi, b0, b1, eps, pow2);                                        \
+  }
+CKB_QUANT_GROUP_VARIANT(quantize_group_baseline, )
+#if CKB_X86_DISPATCH
+CKB_QUANT_GROUP_VARIANT(quantize_group_avx2, CKB_TARGET_AVX2)
+CKB_QUANT_GROUP_VARIANT(quantize_group_avx512, CKB_TARGET_AVX512)
+#endif
+#undef CKB_QUANT_GROUP_VARIANT
+
+template <class Method, class T>
+QuantGroupFn<Method, T> quantize_group_kernel() {
+#if CKB_X86_DISPATCH
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512: return &quantize_group_avx512<Method, T>;
+    case CpuIsa::Avx2: return &quantize_group_avx2<Method, T>;
+    default: break;
+  }
+#endif
+  return &quantize_group_baseline<Method, T>;
 }
 
 }  // namespace detail
@@ -181,9 +215,10 @@ std::int64_t quantize_cpu(TensorView<const T, 2> x, TensorView<e4m3_t, 2> q, Ten
     for (std::int64_t j = bn; j < scale_inv.extent(1); ++j) scale_inv(i, j) = 0.0f;
   constexpr std::int64_t G = detail::kQuantGroup<T>;
   const std::int64_t groups = (bn + G - 1) / G;
+  const auto kernel = detail::quantize_group_kernel<Method, T>();
   return detail::parallel_for_sum(bm * groups, threads, [&](std::int64_t task, std::int64_t& acc) {
     const std::int64_t bi = task / groups, b0 = (task % groups) * G;
-    acc += detail::quantize_group_cpu<Method, T>(x, q, scale_inv, bi, b0, std::min(bn, b0 + G), eps, pow2);
+    acc += kernel(x, q, scale_inv, bi, b0, std::min(bn, b0 + G), eps, pow2);
   });
 }
 
