@@ -112,15 +112,16 @@ CKB_HD_INLINE std::uint32_t e4m3_abs_code(std::uint32_t a) {
   // normal range (|v| >= 2^-6): round the fp32 bits to 3 mantissa bits (RNE), rebias 127 -> 7
   const std::uint32_t norm = ((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
   // subnormal range: adding 2^14 puts the fp32 ulp at 2^-9 = the e4m3 subnormal step, so the
-  // hardware add does the RNE (needs IEEE denormals: no FTZ / DAZ)
-  const std::uint32_t sub = f32_bits(f32_from_bits(sel(small, a, 0u)) + 16384.0f) - 0x46800000u;
+  // hardware add does the RNE (needs IEEE denormals: no FTZ / DAZ). Outside that range both arms
+  // are computed and discarded by the select (wrapping unsigned / non-trapping float math).
+  const std::uint32_t sub = f32_bits(f32_from_bits(a) + 16384.0f) - 0x46800000u;
   return sel(small, sub, norm);
 }
 // TE / cvt.rn.satfinite: |v| > 464 or Inf -> 448; NaN -> 0x7F (sign dropped, as the hardware).
 CKB_HD_INLINE std::uint8_t e4m3_sat(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
   const bool big = as_i32(a) > 0x43E80000;
-  const std::uint32_t c = sel(big, 0x7Eu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
+  const std::uint32_t c = sel(big, 0x7Eu, e4m3_abs_code(a)) | ((u >> 24) & 0x80u);
   return static_cast<std::uint8_t>(sel(as_i32(a) > as_i32(kF32Inf), 0x7Fu, c));
 }
 // PyTorch c10 cast on CUDA values: |v| > 464 or Inf -> 0x7F | sign; NaN is CUDA's canonical
@@ -128,7 +129,7 @@ CKB_HD_INLINE std::uint8_t e4m3_sat(float v) {
 CKB_HD_INLINE std::uint8_t e4m3_c10_canon(float v) {
   const std::uint32_t u = f32_bits(v), a = u & 0x7FFFFFFFu;
   const bool big = as_i32(a) > 0x43E80000;
-  const std::uint32_t c = sel(big, 0x7Fu, e4m3_abs_code(sel(big, 0u, a))) | ((u >> 24) & 0x80u);
+  const std::uint32_t c = sel(big, 0x7Fu, e4m3_abs_code(a)) | ((u >> 24) & 0x80u);
   return static_cast<std::uint8_t>(sel(as_i32(a) > as_i32(kF32Inf), 0x7Fu, c));
 }
 
