@@ -505,4 +505,45 @@ BOOST_AUTO_TEST_CASE(name_map_parsing_errors) {
                {"torch_dtype", "int8"});
 }
 
+// Regressions found by tests/fuzz/fuzz_config.cpp.
+BOOST_AUTO_TEST_CASE(fuzz_findings) {
+  // A broken reference deep in a chain is reported where it is, not as "the first link is missing".
+  expect_error([] { resolve_interpolations(YAML::Load("a: ${b}\nb: ${c}\nc: x${missing.key}\n")); },
+               {"key 'c'", "${missing.key}", "'missing.key' not found"});
+  // Non-strict mode on a chain deeper than 512: each broken key fails once (the fuzzer timed out
+  // on re-walking the chain from every key); keys of the too-deep chain stay unresolved, the
+  // tail that is within reach resolves.
+  std::vector<std::string> unresolved;
+  LoadOptions o;
+  o.strict = false;
+  o.unresolved = &unresolved;
+  const auto n = load_yaml(kFeat / "deep_chain.yaml", o);
+  BOOST_REQUIRE(unresolved.size() == 1u);  // one message (load_yaml drops repeats)
+  BOOST_TEST(unresolved[0].find("512 deep") != std::string::npos);
+  BOOST_TEST(S(n["k0"]) == "${k1}");
+  BOOST_TEST(S(n["k511"]) == "${k512}");
+  BOOST_TEST(I(n["k512"]) == 1);
+  BOOST_TEST(I(n["k600"]) == 1);
+  // A cycle reached through a long lead-in: every key is reported, once.
+  std::string doc;
+  for (int k = 0; k < 300; ++k) {
+    doc.append("k").append(std::to_string(k)).append(": ${k");
+    doc.append(std::to_string(k == 299 ? 50 : k + 1)).append("}\n");
+  }
+  unresolved.clear();
+  const auto c = resolve_interpolations(YAML::Load(doc), o);
+  BOOST_TEST(unresolved.size() == 300u);
+  BOOST_TEST(S(c["k0"]) == "${k1}");
+  // name_map flag maps (their iterator values were read through a dangling reference; ASan).
+  const auto cc = convert_config_from_yaml(
+      YAML::Load("name_map:\n  huggingface: {a: {name: x.y, need_transpose: true}}\n"
+                 "  mcore: {a: {name: [p, q], extra: true, fp8_ignore_tp: true}}\n"),
+      "inline.yaml");
+  BOOST_TEST(cc.hf.at("a").need_transpose);
+  BOOST_TEST(cc.hf.at("a").names == (std::vector<std::string>{"x.y"}), boost::test_tools::per_element());
+  BOOST_TEST(cc.mcore.at("a").extra);
+  BOOST_TEST(cc.mcore.at("a").fp8_ignore_tp);
+  BOOST_TEST(cc.mcore.at("a").names == (std::vector<std::string>{"p", "q"}), boost::test_tools::per_element());
+}
+
 BOOST_AUTO_TEST_SUITE_END()

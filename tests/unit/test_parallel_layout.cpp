@@ -4,6 +4,7 @@
 
 #include <iomanip>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -368,6 +369,30 @@ BOOST_AUTO_TEST_CASE(rank_work_split) {
   expect_error([] { rank_work(4, 4, 8, 32, true); }, "RANK");
   BOOST_TEST(vpp_from_layers_per_virtual_stage(64, 4, 8) == 2);
   expect_error([] { vpp_from_layers_per_virtual_stage(61, 8, 2); }, "not divisible");
+}
+
+// Regressions found by tests/fuzz/fuzz_pipeline_layout.cpp (int overflow, division by zero,
+// unbounded allocation).
+BOOST_AUTO_TEST_CASE(fuzz_findings) {
+  // pp x layers per stage = 2^32 wrapped to 0 in int: division by zero.
+  expect_error([] { vpp_from_layers_per_virtual_stage(64, 65536, 65536); }, "not divisible");
+  expect_error([] { vpp_from_layers_per_virtual_stage(0, 4, 8); }, "num_layers must be > 0");
+  // The balanced split probes past n near INT_MAX (int overflow in the probe).
+  const int big = 2147483640;
+  const auto parts = partition_balanced(big, 12);
+  BOOST_TEST(parts.size() == 12u);
+  BOOST_TEST(std::accumulate(parts.begin(), parts.end(), 0LL) == big);
+  for (int c : parts) BOOST_TEST(c == big / 12);  // 12 divides it: equal parts
+  // Layer counts that overflowed int or would allocate without bound are refused.
+  expect_error([] { num_layers_in_vp_map(1, 8, 8, 2147483647); }, "exceeds");
+  expect_error([] { num_layers_in_vp_map(65536, 8, 65536); }, "exceeds");
+  expect_error([] { uneven_vpp_partition(4, 2, 2, 2147483647, 2147483647); }, "out of range");
+  expect_error([] { uneven_vpp_partition(4, 2, 2, 5, std::nullopt); }, "out of range");
+  PipelineOptions o;
+  o.num_layers = 4;
+  o.pp = 2;
+  o.mtp_num_layers = 2147483647;
+  expect_error([&] { PipelinePlan p(o); }, "exceeds");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -91,7 +91,7 @@ public:
     std::map<std::string, std::string> biases;
     for (auto it = m.begin(); it != m.end(); ++it) {
       const std::string key = detail::key_str(it->first, source, base);
-      const YAML::Node& v = it->second;
+      const YAML::Node v = it->second;  // a copy: it-> yields a temporary proxy
       const std::string where = base + "." + key;
       auto str = [&](const YAML::Node& n, const std::string& w) {
         if (!n.IsScalar()) fail(source, ": key '", w, "': expected a string");
@@ -118,7 +118,7 @@ public:
       } else if (v.IsMap()) {
         for (auto f = v.begin(); f != v.end(); ++f) {
           const std::string flag = detail::key_str(f->first, source, where);
-          const YAML::Node& fv = f->second;
+          const YAML::Node fv = f->second;
           const std::string fw = where + "." + flag;
           auto boolean = [&] {
             if (!fv.IsScalar()) fail(source, ": key '", fw, "': expected true or false");

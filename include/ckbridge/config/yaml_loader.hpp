@@ -128,6 +128,8 @@ using Path = std::vector<std::string>;
 // A key that does not exist (distinguished so that oc.select can fall back to its default).
 struct KeyNotFound : Error {
   using Error::Error;
+  KeyNotFound(const std::string& m, bool named) : Error(m), named_reference(named) {}
+  bool named_reference = false;  // the message already names the interpolation at fault
 };
 
 inline std::string path_str(const Path& p) {
@@ -190,7 +192,7 @@ inline void merge_into(YAML::Node dst, const YAML::Node& src, const Path& at, co
     const std::string key = key_str(it->first, file, path_str(at));
     Path p = at;
     p.push_back(key);
-    const YAML::Node& sv = it->second;
+    const YAML::Node sv = it->second;  // a copy: it-> yields a temporary proxy
     auto dv = child(dst, key);
     if (dv && dv->IsMap() && sv.IsMap()) {
       merge_into(*dv, sv, p, file, origin);
@@ -578,6 +580,14 @@ private:
   YAML::Node resolve_scalar(const Path& p) {
     const std::string key = path_str(p);
     if (done_.count(key)) return lookup(p);
+    // A key that failed before fails again at once with the same error: non-strict mode goes on
+    // after errors, and re-walking a long broken chain from each of its keys costs
+    // O(keys x chain length). (Keys of a chain nested too deep stay failed, even those that
+    // would resolve on their own.)
+    if (auto f = failed_.find(key); f != failed_.end()) {
+      if (f->second.second) throw KeyNotFound(f->second.first, true);
+      throw Error(f->second.first);
+    }
     if (active_.count(key)) {
       std::string chain;
       for (const auto& s : stack_) chain += s + " -> ";
@@ -598,9 +608,15 @@ private:
     active_.insert(key);
     stack_.push_back(key);
     YAML::Node value;
-    {
+    try {
       Guard g{*this, key};
       value = eval_string(n.Scalar(), p);
+    } catch (const KeyNotFound& e) {
+      failed_.emplace(key, std::make_pair(std::string(e.what()), true));
+      throw;
+    } catch (const Error& e) {
+      failed_.emplace(key, std::make_pair(std::string(e.what()), false));
+      throw;
     }
     done_.insert(key);
     if (value.IsMap() || value.IsSequence()) copied_subtrees_.insert(key);
@@ -798,9 +814,11 @@ private:
     YAML::Node node;
     try {
       node = resolve_subtree(target);
-    } catch (const KeyNotFound&) {
+    } catch (const KeyNotFound& e) {
+      // Keep the innermost broken reference: an outer one only says that its target failed.
+      if (e.named_reference) throw;
       throw KeyNotFound(ckbridge::detail::concat(file_of(at), ": key '", path_str(at), "': interpolation '${", ref,
-                                                 "}': key '", path_str(target), "' not found"));
+                                                 "}': key '", path_str(target), "' not found"), true);
     }
     if (node.IsScalar() && node.Scalar() == "???")
       err(at, "interpolation '${" + ref + "}': '" + path_str(target) + "' is a missing mandatory value (?\?\?)");
@@ -812,6 +830,7 @@ private:
   const std::map<std::string, std::string>* origin_;
   std::string file_;
   std::set<std::string> active_, done_, copied_subtrees_;
+  std::map<std::string, std::pair<std::string, bool>> failed_;  // key -> (message, was KeyNotFound)
   std::size_t copied_ = 0;
   std::vector<std::string> stack_;
 };

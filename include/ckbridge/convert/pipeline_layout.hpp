@@ -20,6 +20,10 @@
 
 namespace ckbridge::convert {
 
+// Upper bound on layers (decoder + MTP) and on pipeline partitions: far above any real model,
+// low enough that counts never overflow int and plans never allocate without bound.
+inline constexpr int kMaxPipelineLayers = 1 << 20;
+
 namespace detail {
 
 // Strict non-negative integer parse of a whole token (no sign, no spaces inside).
@@ -36,21 +40,22 @@ inline std::optional<long long> parse_count(std::string_view s) {
 // LoongForge's _lprobe: greedy probe of a bottleneck over the inclusive prefix sums w[i] = i+1
 // (unit layer weights). parts has P+1 entries; unfilled parts stay at n.
 inline bool lprobe(int n, int P, double bottleneck, std::vector<int>& parts) {
-  auto w = [](int i) { return static_cast<double>(i + 1); };
+  auto w = [](std::int64_t i) { return static_cast<double>(i + 1); };
   parts.assign(static_cast<std::size_t>(P) + 1, n);
   parts[0] = 0;
   double bsum = bottleneck;
-  const int chunk = n / P;
-  int step = chunk;
+  // 64-bit positions: step may run past n by up to one chunk, which overflows int near INT_MAX.
+  const std::int64_t chunk = n / P;
+  std::int64_t step = chunk;
   for (int q = 1; q < P; ++q) {
     while (step < n && w(step) < bsum) step += chunk;
     // bisect_left over [step - chunk, min(step, n))
-    int lo = step - chunk, hi = std::min(step, n);
+    std::int64_t lo = step - chunk, hi = std::min<std::int64_t>(step, n);
     while (lo < hi) {
-      const int mid = lo + (hi - lo) / 2;
+      const std::int64_t mid = lo + (hi - lo) / 2;
       if (w(mid) < bsum) lo = mid + 1; else hi = mid;
     }
-    parts[static_cast<std::size_t>(q)] = lo;
+    parts[static_cast<std::size_t>(q)] = static_cast<int>(lo);
     if (lo == n) return (w(n - 1) - w(parts[static_cast<std::size_t>(q) - 1])) < bottleneck;
     // Python's w[-1] wraps to the last element; lo >= 1 always holds here because bsum > 1.
     bsum = (lo >= 1 ? w(lo - 1) : w(n - 1)) + bottleneck;
@@ -100,6 +105,11 @@ inline std::vector<int> uneven_vpp_partition(int num_layers, int pp, int vpp, st
          "(DualPipeV shape), got ", vpp);
   if (!first && !last) fail("uneven pipeline split: give --decoder-first-pipeline-num-layers or --decoder-last-pipeline-num-layers");
   if ((first && *first < 0) || (last && *last < 0)) fail("uneven pipeline split: negative layer count");
+  if (num_layers > kMaxPipelineLayers || pp > kMaxPipelineLayers || (first && *first > num_layers) ||
+      (last && *last > num_layers))
+    fail("uneven pipeline split: first/last stage layers ", first.value_or(0), "/", last.value_or(0),
+         ", num_layers ", num_layers, ", pp ", pp, " out of range (at most num_layers, and num_layers at most ",
+         kMaxPipelineLayers, ")");
   int rest = num_layers, ranks_left = pp;
   std::vector<int> c(static_cast<std::size_t>(2 * pp), 0);
   auto at = [&](int i) -> int& { return c[static_cast<std::size_t>(i)]; };
@@ -273,6 +283,10 @@ inline std::vector<int> num_layers_in_vp_map(int vpp, int num_layers, int pp, in
   if (vpp <= 0) fail("--num-virtual-stages-per-pipeline-rank must be > 0, got ", vpp);
   if (num_layers <= 0) fail("num_layers must be > 0, got ", num_layers);
   if (mtp_num_layers < 0) fail("mtp_num_layers must be >= 0, got ", mtp_num_layers);
+  if (std::int64_t{num_layers} + mtp_num_layers > kMaxPipelineLayers)
+    fail("num_layers ", num_layers, " + mtp_num_layers ", mtp_num_layers, " exceeds ", kMaxPipelineLayers);
+  if (std::int64_t{pp} * vpp > kMaxPipelineLayers)
+    fail("pipeline size x virtual stages = ", pp, " x ", vpp, " exceeds ", kMaxPipelineLayers);
   const int P = pp * vpp;
   std::vector<int> c;
   if (custom) {
@@ -310,10 +324,12 @@ inline int vpp_from_layers_per_virtual_stage(int num_layers, int pp, int layers_
   if (pp <= 0 || layers_per_stage <= 0)
     fail("--num_layers_per_virtual_pipeline_stage ", layers_per_stage, " with --pipeline_model_parallel_size ", pp,
          ": both must be > 0");
-  if (num_layers % (pp * layers_per_stage) != 0)
+  const std::int64_t per_vstage = std::int64_t{pp} * layers_per_stage;  // int would overflow
+  if (num_layers <= 0) fail("--num_layers_per_virtual_pipeline_stage: num_layers must be > 0, got ", num_layers);
+  if (num_layers % per_vstage != 0)
     fail("--num_layers_per_virtual_pipeline_stage ", layers_per_stage, ": num_layers ", num_layers,
-         " is not divisible by pipeline size x layers per virtual stage = ", pp * layers_per_stage);
-  return num_layers / (pp * layers_per_stage);
+         " is not divisible by pipeline size x layers per virtual stage = ", per_vstage);
+  return static_cast<int>(num_layers / per_vstage);
 }
 
 // Virtual partition index of virtual stage s on PP rank p.
@@ -339,6 +355,8 @@ public:
     if (o.pp <= 0) fail("--pipeline_model_parallel_size must be > 0, got ", o.pp);
     if (o.num_layers <= 0) fail("num_layers must be > 0, got ", o.num_layers);
     if (o.mtp_num_layers < 0) fail("mtp_num_layers must be >= 0, got ", o.mtp_num_layers);
+    if (std::int64_t{o.num_layers} + o.mtp_num_layers > kMaxPipelineLayers)
+      fail("num_layers ", o.num_layers, " + mtp_num_layers ", o.mtp_num_layers, " exceeds ", kMaxPipelineLayers);
     if (o.dualpipev && o.vpp != 2)
       fail("--vpp-scheduler dualpipev needs --num-virtual-stages-per-pipeline-rank 2, got ", o.vpp);
     vpp_ = o.vpp;
