@@ -510,6 +510,8 @@ BOOST_AUTO_TEST_CASE(fuzz_findings) {
   // A broken reference deep in a chain is reported where it is, not as "the first link is missing".
   expect_error([] { resolve_interpolations(YAML::Load("a: ${b}\nb: ${c}\nc: x${missing.key}\n")); },
                {"key 'c'", "${missing.key}", "'missing.key' not found"});
+  // The sum of list-expression terms is bounded, not only each term.
+  expect_error([] { eval_list_expression("[1]*600000+[0]*600000"); }, {"expansion too large"});
   // Non-strict mode on a chain deeper than 512: each broken key fails once (the fuzzer timed out
   // on re-walking the chain from every key); keys of the too-deep chain stay unresolved, the
   // tail that is within reach resolves.

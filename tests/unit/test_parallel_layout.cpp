@@ -388,6 +388,10 @@ BOOST_AUTO_TEST_CASE(fuzz_findings) {
   expect_error([] { num_layers_in_vp_map(65536, 8, 65536); }, "exceeds");
   expect_error([] { uneven_vpp_partition(4, 2, 2, 2147483647, 2147483647); }, "out of range");
   expect_error([] { uneven_vpp_partition(4, 2, 2, 5, std::nullopt); }, "out of range");
+  // The whole layout expansion is bounded, not only each repeat.
+  std::string layout;
+  for (int k = 0; k < 3; ++k) layout += "(t*400000)";
+  expect_error([&] { parse_pipeline_layout(layout); }, "expansion too large");
   PipelineOptions o;
   o.num_layers = 4;
   o.pp = 2;

@@ -113,6 +113,7 @@ inline std::vector<long long> eval_list_expression(std::string_view expr, std::s
       if (i < expr.size() && expr[i] == '*') { ++i; term = repeat(list(), n); }
       else bad("expected '[' (a bare number is only allowed as the whole expression)");
     }
+    if (result.size() + term.size() > 1'000'000) bad("expansion too large");  // bounds the sum, not only each term
     result.insert(result.end(), term.begin(), term.end());
     ws();
     if (i >= expr.size()) return result;

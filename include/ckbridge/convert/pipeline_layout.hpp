@@ -218,6 +218,9 @@ struct LayoutParser {
         for (long long k = 0; k < *n; ++k) rep += atom;
         atom = std::move(rep);
       }
+      // The whole expansion is bounded, not only each repeat: "(t*999999)" many times over
+      // would otherwise grow without limit.
+      if (out.size() + atom.size() > 1'000'000) bad("expansion too large");
       out += atom;
     }
   }
