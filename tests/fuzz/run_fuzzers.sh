@@ -37,7 +37,7 @@ for n in "${names[@]}"; do
   seeds=()
   [ -d "$src/tests/fuzz/corpus/$n" ] && seeds=("$src/tests/fuzz/corpus/$n")
   echo "=== fuzz_$n: run ${secs}s"
-  if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -print_final_stats=1 \
+  if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -timeout=30 -print_final_stats=1 \
        -artifact_prefix="$work/artifacts/" "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1; then
     echo "=== fuzz_$n: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/log.txt" | grep -o '[0-9]*$') runs)"
   else
