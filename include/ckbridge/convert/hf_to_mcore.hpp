@@ -162,6 +162,43 @@ inline std::vector<std::pair<int, int>> stages_holding(const PipelinePlan& pp, c
   return st;
 }
 
+// FP8 settings for one instance's producers, from the run's options and the source's scale kind.
+inline Fp8Settings fp8_settings(const ConvertOptions& o, const LogicalSource& src, quant::ScaleLayout layout) {
+  Fp8Settings fs;
+  fs.method = o.quant_method;
+  fs.amax_epsilon = o.amax_epsilon;
+  fs.pow2 = o.force_pow_2_scales.value_or(src.fp8 ? src.pow2 : true);
+  fs.force_no_requant = o.fp8_force_no_requant;
+  fs.device = o.device;
+  fs.layout = layout;
+  fs.dequant_dtype = o.torch_dtype;
+  return fs;
+}
+
+// Where an instance's layer sits in the MCore state dict (local layer or MTP index).
+inline McoreSlot layer_slot(const PipelinePlan& pp, const Instance& in, bool grouped_gemm) {
+  McoreSlot slot;
+  if (in.layer >= 0) {
+    const LayerPlacement& lp = pp.placement(in.layer);
+    slot.local_layer = lp.is_mtp ? -1 : lp.local_index;
+    slot.mtp = lp.is_mtp ? lp.local_index : -1;
+  }
+  slot.grouped_gemm = grouped_gemm;
+  return slot;
+}
+
+// The TP shard of an instance a rank file holds (expert TP shard and local expert index for
+// experts), or false if the file does not hold the instance.
+inline bool shard_in_file(const McoreFile& f, const Instance& in, bool expert, int& shard, McoreSlot& slot) {
+  shard = f.tp_rank;
+  if (!expert) return true;
+  auto it = std::find(f.experts.begin(), f.experts.end(), in.expert);
+  if (it == f.experts.end()) return false;
+  slot.local_expert = static_cast<int>(it - f.experts.begin());
+  shard = f.expert_tp_rank;
+  return true;
+}
+
 // The source of one parameter instance (HF tensors, or MCore shards), marking what it consumes.
 using SourceFn = std::function<std::shared_ptr<const LogicalSource>(const Instance&, Plan&)>;
 
@@ -222,31 +259,13 @@ void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const
       fail(expert ? "--expert_tensor_parallel_size " : "--tensor_model_parallel_size ", size, ": ", err.what());
     }
 
-    Fp8Settings fs;
-    fs.method = o.quant_method;
-    fs.amax_epsilon = o.amax_epsilon;
-    fs.pow2 = o.force_pow_2_scales.value_or(src->fp8 ? src->pow2 : true);
-    fs.force_no_requant = o.fp8_force_no_requant;
-    fs.device = o.device;
-    fs.layout = quant::ScaleLayout::TePadded;
-    fs.dequant_dtype = o.torch_dtype;
+    const Fp8Settings fs = fp8_settings(o, *src, quant::ScaleLayout::TePadded);
 
     for (auto [p, s] : stages_of(in)) {
-      McoreSlot slot;
-      if (in.layer >= 0) {
-        const LayerPlacement& lp = pp.placement(in.layer);
-        slot.local_layer = lp.is_mtp ? -1 : lp.local_index;
-        slot.mtp = lp.is_mtp ? lp.local_index : -1;
-      }
-      slot.grouped_gemm = o.grouped_gemm;
+      McoreSlot slot = layer_slot(pp, in, o.grouped_gemm);
       for (const auto& f : files.stage_files(p)) {
-        int shard = f.tp_rank;
-        if (expert) {
-          auto it = std::find(f.experts.begin(), f.experts.end(), in.expert);
-          if (it == f.experts.end()) continue;
-          slot.local_expert = static_cast<int>(it - f.experts.begin());
-          shard = f.expert_tp_rank;
-        }
+        int shard = 0;
+        if (!shard_in_file(f, in, expert, shard, slot)) continue;
         const McoreKey mk = mcore_key(nm, in, slot);
         OutEntry e = make_entry(src, maps[static_cast<std::size_t>(shard)], tfp8, fs);
         e.key = mk.key;

@@ -79,13 +79,7 @@ public:
       std::stable_sort(stages.begin(), stages.end(), [&](auto a, auto b) {
         return pp.has_embedding(a.first, a.second) > pp.has_embedding(b.first, b.second);
       });
-    McoreSlot slot;
-    if (in.layer >= 0) {
-      const LayerPlacement& lp = pp.placement(in.layer);
-      slot.local_layer = lp.is_mtp ? -1 : lp.local_index;
-      slot.mtp = lp.is_mtp ? lp.local_index : -1;
-    }
-    slot.grouped_gemm = o.grouped_gemm;
+    McoreSlot slot = layer_slot(pp, in, o.grouped_gemm);
 
     std::vector<McoreShard> shards(static_cast<std::size_t>(size));
     std::vector<bool> got(static_cast<std::size_t>(size), false);
@@ -94,13 +88,8 @@ public:
       const auto [p, s] = stages[si];
       const std::string dict = pp.model_key(s);
       for (const auto& f : files.stage_files(p)) {
-        int r = f.tp_rank;
-        if (expert) {
-          auto it = std::find(f.experts.begin(), f.experts.end(), in.expert);
-          if (it == f.experts.end()) continue;
-          slot.local_expert = static_cast<int>(it - f.experts.begin());
-          r = f.expert_tp_rank;
-        }
+        int r = 0;
+        if (!shard_in_file(f, in, expert, r, slot)) continue;
         const McoreKey mk = mcore_key(nm, in, slot);
         if (key0.empty()) key0 = mk.key;
         plan.consume(mcore_source_id(f.dir, dict, mk.key));
@@ -181,14 +170,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
       region.extent = orig.shape;
       region.begin[0] = orig.row0;
     }
-    Fp8Settings fs;
-    fs.method = o.quant_method;
-    fs.amax_epsilon = o.amax_epsilon;
-    fs.pow2 = o.force_pow_2_scales.value_or(src->fp8 ? src->pow2 : true);
-    fs.force_no_requant = o.fp8_force_no_requant;
-    fs.device = o.device;
-    fs.layout = quant::ScaleLayout::Unpadded;
-    fs.dequant_dtype = o.torch_dtype;
+    const Fp8Settings fs = fp8_settings(o, *src, quant::ScaleLayout::Unpadded);
     OutEntry e = make_entry(src, region_map(region), target_fp8, fs);
     if (e.how == "fp8 requantize" || e.how == "quantize")
       plan.notes.push_back((e.how == "quantize" ? "quantizing " : "re-quantizing ") + t.key);
