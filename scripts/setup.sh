@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(cmake g++ make libeigen3-dev libyaml-cpp-dev rapidjson-dev libboost-test-dev libcli11-dev zlib1g-dev
+DEBS=(cmake g++ make libeigen3-dev libyaml-cpp-dev rapidjson-dev libboost-test-dev libcli11-dev zlib1g-dev libssl-dev
       python3 python3-venv python3-numpy python3-yaml python3-torch bc)
 missing=()
 for p in "${DEBS[@]}"; do

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <set>
@@ -18,6 +19,7 @@
 #include "ckbridge/convert/mcore_layout.hpp"
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
+#include "ckbridge/format/manifest.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "../common/models.hpp"
@@ -33,7 +35,7 @@ struct Flags {
   std::optional<int> ep, etp, mtp_num_layers, vpp, first, last, layers_per_vstage;
   std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
   bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
-  bool dry_run = false, dequantize_fp8 = false, quiet = false;
+  bool dry_run = false, dequantize_fp8 = false, quiet = false, overwrite = false;
   float amax_epsilon = 0.0f;
   std::string quant_method = "te", force_pow_2_scales = "unset", torch_dtype = "bfloat16";
   std::int64_t make_vocab_size_divisible_by = 128, pad_vocab_size_to = 0;
@@ -161,6 +163,8 @@ int main(int argc, char** argv) {
   app.add_flag("--dequantize_fp8", f.dequantize_fp8, "write FP8 weights of the source as --torch_dtype instead");
   app.add_option("--hf_max_shard_size", f.hf_max_shard_size, "HF output shard size (e.g. 5GB)");
   app.add_flag("-q,--quiet", f.quiet, "no progress output");
+  app.add_flag("--overwrite", f.overwrite,
+               "replace a finished ckbridge output in --save_ckpt_path (the files its manifest lists)");
   // LoongForge flags with no effect here: accepted, reported, ignored.
   std::vector<std::string> ignored_values;
   bool ignored_flag = false;
@@ -325,7 +329,54 @@ int main(int argc, char** argv) {
     why << f.load_platform << " -> " << f.save_platform << " from " << fs::absolute(f.load_ckpt_path).string()
         << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
         << f.quant_method << " pow2 " << f.force_pow_2_scales;
-    convert::RunState state(out, convert::plan_fingerprint(plan, why.str()));
+    const std::string fingerprint = convert::plan_fingerprint(plan, why.str());
+    const std::string run_id = fingerprint.substr(0, fingerprint.find('\n'));
+    // A finished output (manifest, no run state): the same command is "already done" once the
+    // files are checked against the manifest; other arguments need --overwrite.
+    if (fs::exists(out / manifest::kFileName) && !fs::exists(out / ".ckbridge-run")) {
+      const fs::path mpath = out / manifest::kFileName;
+      std::ifstream in(mpath, std::ios::binary);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      const manifest::Manifest old = manifest::Manifest::parse(ss.str(), mpath.string());
+      if (f.overwrite) {
+        for (const auto& fe : old.files) fs::remove(out / fe.rel);
+        fs::remove(mpath);
+        // empty directories left by the old layout
+        for (bool again = true; again;) {
+          again = false;
+          for (const auto& e : fs::recursive_directory_iterator(out))
+            if (e.is_directory() && fs::is_empty(e.path())) {
+              fs::remove(e.path());
+              again = true;
+              break;
+            }
+        }
+        std::fprintf(stderr, "note: --overwrite: removed the %zu files of the finished output in %s\n", old.files.size(),
+                     out.string().c_str());
+      } else if (old.fingerprint == run_id &&
+                 old.source_fingerprint != manifest::source_fingerprint(f.load_ckpt_path)) {
+        fail("--save_ckpt_path ", out.string(), ": holds this conversion's finished output, but the source ",
+             f.load_ckpt_path, " changed since (sizes or content differ from ", mpath.string(),
+             "); pass --overwrite to convert it again");
+      } else if (old.fingerprint == run_id) {
+        std::size_t verified = 0;
+        const auto findings = manifest::check(out, old, o.max_workers, &verified);
+        if (!findings.empty()) {
+          std::string w;
+          for (const auto& fd : findings) w += "\n  " + fd.path + ": " + fd.what;
+          fail("--save_ckpt_path ", out.string(), ": holds this conversion's finished output, but it no longer matches "
+               "its ", manifest::kFileName, ":", w, "\n(rerun with --overwrite to write it again)");
+        }
+        std::printf("already complete: %zu files verified against %s in %s\n", verified, manifest::kFileName,
+                    out.string().c_str());
+        return 0;
+      } else {
+        fail("--save_ckpt_path ", out.string(), ": holds a finished conversion made with other arguments or another "
+             "source (", mpath.string(), "); choose a new directory, or pass --overwrite to replace it");
+      }
+    }
+    convert::RunState state(out, fingerprint);
     if (state.resumed())
       std::fprintf(stderr, "note: resuming an interrupted run in %s (%zu files already complete)\n",
                    out.string().c_str(), state.done_count());
@@ -333,8 +384,26 @@ int main(int argc, char** argv) {
     mo.te = te;
     mo.fake_dtype = o.torch_dtype;
     mo.amax_epsilon = o.amax_epsilon;
-    const auto res =
-        convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet, &state);
+    // The manifest: written after every output file but the tracker, hashing what is on disk.
+    auto write_manifest = [&] {
+      manifest::Manifest m;
+      m.fingerprint = run_id;
+      for (int i = 0; i < argc; ++i) m.arguments.emplace_back(argv[i]);
+      m.source = fs::absolute(f.load_ckpt_path).lexically_normal().string();
+      m.source_fingerprint = manifest::source_fingerprint(f.load_ckpt_path);
+      m.files = manifest::hash_files(out, manifest::checkpoint_files(out), o.max_workers);
+      for (const auto& [rel, text] : plan.small_files)
+        if (rel.filename() == "latest_checkpointed_iteration.txt") {
+          manifest::FileEntry t;
+          t.rel = rel.generic_string();
+          t.size = text.size();
+          t.sha256 = manifest::sha256_hex(std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+          m.files.push_back(t);
+        }
+      AtomicFile::write_all(out / manifest::kFileName, m.to_json());
+    };
+    const auto res = convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet,
+                                      &state, write_manifest);
     std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
                 res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
     return 0;

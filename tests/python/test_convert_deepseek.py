@@ -517,7 +517,7 @@ def check_mcore(hf, out, L):
     exp = expected_checkpoint(hf, L)
     have = sorted(os.listdir(os.path.join(out, 'release')))
     assert have == sorted(exp), 'rank directories %s, expected %s' % (have, sorted(exp))
-    assert sorted(os.listdir(out)) == ['latest_checkpointed_iteration.txt', 'release'], os.listdir(out)
+    assert sorted(os.listdir(out)) == [MANIFEST, 'latest_checkpointed_iteration.txt', 'release'], os.listdir(out)
     notes = {}
     n_entries = 0
     for d, e in exp.items():
@@ -529,10 +529,16 @@ def check_mcore(hf, out, L):
     return notes
 
 
+MANIFEST = 'ckbridge-manifest.json'  # every conversion output has one (checked by test_verify_manifest.py)
+
+
+def listing(d):
+    return sorted(n for n in os.listdir(d) if n != MANIFEST)
+
+
 def same_files(a, b, names=None):
-    names = names or sorted(os.listdir(a))
-    assert sorted(os.listdir(b)) == sorted(os.listdir(a)), 'file sets differ: %s vs %s' % (
-        sorted(os.listdir(a)), sorted(os.listdir(b)))
+    names = names or listing(a)
+    assert listing(b) == listing(a), 'file sets differ: %s vs %s' % (listing(a), listing(b))
     for n in names:
         with open(os.path.join(a, n), 'rb') as f1, open(os.path.join(b, n), 'rb') as f2:
             assert f1.read() == f2.read(), '%s differs' % n

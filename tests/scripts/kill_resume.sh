@@ -36,7 +36,7 @@ for frac in 5 30 55 80 90; do
   [[ $rc -eq 137 ]]; check "HF->MCore killed at ${frac}% (exit $rc)" $?
   [[ ! -e $WORK/k/latest_checkpointed_iteration.txt ]]; check "  no tracker file before all parts exist" $?
   run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
-  diff -r "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "  resumed output byte-identical" $?
+  diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "  resumed output byte-identical" $?
 done
 
 # killed twice, then resumed
@@ -44,7 +44,7 @@ rm -rf "$WORK/k"
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total * 3 / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
 run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
-diff -r "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "HF->MCore killed twice, resumed: byte-identical" $?
+diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "HF->MCore killed twice, resumed: byte-identical" $?
 
 # MCore -> HF direction
 hf_total=$(du -sb "$WORK/ref_hf" | cut -f1)
@@ -52,7 +52,29 @@ rm -rf "$WORK/kh"
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((hf_total / 2)) run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
 [[ ! -e $WORK/kh/model.safetensors.index.json ]]; check "MCore->HF killed: no index before all shards exist" $?
 run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
-diff -r "$WORK/ref_hf" "$WORK/kh" >/dev/null; check "MCore->HF resumed: byte-identical" $?
+diff -r -x ckbridge-manifest.json "$WORK/ref_hf" "$WORK/kh" >/dev/null; check "MCore->HF resumed: byte-identical" $?
+"$BIN/ckbridge_verify" --manifest "$WORK/kh" >/dev/null; check "MCore->HF resumed: output matches its manifest" $?
+"$BIN/ckbridge_verify" --manifest "$WORK/k" >/dev/null; check "HF->MCore resumed: output matches its manifest" $?
+
+# the same command over a finished output: "already complete", exit 0, nothing rewritten
+before=$(find "$WORK/k" -type f -exec md5sum {} + | sort | md5sum)
+mtimes=$(find "$WORK/k" -type f -printf '%T@ %p\n' | sort | md5sum)
+out=$(run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" 2>&1)
+rc=$?
+[[ $rc -eq 0 && $out == *"already complete: "*" files verified"* ]]; check "re-run of a finished conversion: exit 0, already complete (exit $rc)" $?
+[[ $(find "$WORK/k" -type f -exec md5sum {} + | sort | md5sum) == "$before" &&
+   $(find "$WORK/k" -type f -printf '%T@ %p\n' | sort | md5sum) == "$mtimes" ]]; check "  finished output untouched" $?
+# a finished output whose file changed: the same command refuses, naming the file; --overwrite rewrites it
+printf 'x' | dd of="$WORK/k/release/mp_rank_01_001_001/model_optim_rng.pt" bs=1 seek=4096 conv=notrunc 2>/dev/null
+out=$(run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" 2>&1)
+[[ $? -ne 0 && $out == *"mp_rank_01_001_001/model_optim_rng.pt"* ]]; check "re-run over a damaged finished output: refused, file named" $?
+run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" --overwrite >/dev/null 2>&1
+rc=$?
+diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k" >/dev/null
+[[ $rc -eq 0 && $? -eq 0 ]]; check "  --overwrite: rewritten byte-identical" $?
+# other arguments over a finished output: refused without --overwrite
+out=$(run huggingface mcore "$WORK/hf" "$WORK/k" --expert_parallel_size 4 2>&1)
+[[ $? -ne 0 && $out == *"finished conversion made with other arguments"* ]]; check "other arguments over a finished output: refused" $?
 
 # different arguments over a partial output: refused, partial output untouched
 rm -rf "$WORK/k"

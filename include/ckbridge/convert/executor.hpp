@@ -105,8 +105,11 @@ struct ExecResult {
 };
 
 // `state` (optional) makes the run resumable: finished files are skipped and recorded.
+// `before_tracker` (optional) runs after every file but the Megatron tracker is in place (the
+// manifest is written there), so an output with a tracker is complete and described.
 inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
-                          const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr) {
+                          const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr,
+                          const std::function<void()>& before_tracker = {}) {
   Progress prog;
   prog.total = plan.output_bytes();
   // Test seam for the kill-and-resume tests: die (SIGKILL, no cleanup) after this many bytes.
@@ -162,9 +165,14 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
   work();
   for (auto& t : pool) t.join();
   if (err) std::rethrow_exception(err);
-  for (const auto& [rel, text] : plan.small_files) {
-    std::filesystem::create_directories((out_root / rel).parent_path());
-    AtomicFile::write_all(out_root / rel, text);
+  auto is_tracker = [](const std::filesystem::path& rel) { return rel.filename() == "latest_checkpointed_iteration.txt"; };
+  for (int last = 0; last < 2; ++last) {
+    if (last && before_tracker) before_tracker();
+    for (const auto& [rel, text] : plan.small_files) {
+      if (is_tracker(rel) != (last == 1)) continue;
+      std::filesystem::create_directories((out_root / rel).parent_path());
+      AtomicFile::write_all(out_root / rel, text);
+    }
   }
   if (state) state->finish();
   prog.report(true);

@@ -6,6 +6,7 @@
 // pieces that intersect it (and return a zero-copy view when one piece covers it contiguously).
 #include <algorithm>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -20,7 +21,21 @@ namespace ckbridge::convert {
 struct Placed {
   AnyConstView view;  // covers full[origin, origin + view.shape)
   Shape origin;
+  std::string from;   // where the piece is stored ("<file>: <dict>/<key>"), for messages
 };
+
+// Where the element `full_index` of the full tensor is stored (the label of the piece holding it),
+// or empty.
+inline std::string placed_origin(const std::vector<Placed>& srcs, const Shape& full_index) {
+  for (const auto& p : srcs) {
+    if (p.origin.size() != full_index.size()) continue;
+    bool in = true;
+    for (std::size_t d = 0; d < full_index.size() && in; ++d)
+      in = full_index[d] >= p.origin[d] && full_index[d] < p.origin[d] + p.view.shape[d];
+    if (in) return p.from;
+  }
+  return {};
+}
 
 // Parts concatenated along dim 0 (HF [gate, up] lists; a single tensor is one part).
 inline std::vector<Placed> place_rows(const std::vector<AnyConstView>& parts) {
@@ -36,9 +51,10 @@ inline std::vector<Placed> place_rows(const std::vector<AnyConstView>& parts) {
 }
 
 // The data pieces of a shard (its map and its view), placed in full-tensor coordinates.
-inline void place_shard(const layout::ShardMap& m, const AnyConstView& shard, std::vector<Placed>& out) {
+inline void place_shard(const layout::ShardMap& m, const AnyConstView& shard, std::vector<Placed>& out,
+                        const std::string& from = {}) {
   for (const auto& p : m.pieces)
-    if (!p.is_pad()) out.push_back({layout::detail::sub(shard, p.dst()), p.src.begin});
+    if (!p.is_pad()) out.push_back({layout::detail::sub(shard, p.dst()), p.src.begin, from});
 }
 
 // Shape covered by placed parts (max extent per dim), for sanity checks.

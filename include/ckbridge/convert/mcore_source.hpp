@@ -115,7 +115,7 @@ inline std::shared_ptr<LogicalSource> mcore_logical_source(const std::string& na
     for (std::size_t q = 0; q < r; ++q)
       if (maps[q].pieces == maps[r].pieces) dup = true;
     if (dup) continue;
-    place_shard(maps[r], s.data, src->data);
+    place_shard(maps[r], s.data, src->data, s.where);
     if (src->fp8) {
       const auto mn = quant::as_matrix(s.data.shape);
       src->pow2 = src->pow2 && quant::is_power_of_two(*s.scale, mn.m, mn.n, s.where);

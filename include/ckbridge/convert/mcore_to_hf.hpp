@@ -60,6 +60,12 @@ public:
   }
 
   bool any_fp8() const { return any_fp8_; }
+  // Copies of an instance stored in later pipeline stages (the MTP stage's embedding).
+  const std::vector<std::shared_ptr<const LogicalSource>>& copies_of(const LogicalSource* src) const {
+    static const std::vector<std::shared_ptr<const LogicalSource>> none;
+    auto it = copies_.find(src);
+    return it == copies_.end() ? none : it->second;
+  }
   bool all_pow2() const { return all_pow2_; }
 
   std::shared_ptr<const LogicalSource> operator()(const Instance& in, Plan& plan) {
@@ -81,8 +87,10 @@ public:
       });
     McoreSlot slot = layer_slot(pp, in, o.grouped_gemm);
 
-    std::vector<McoreShard> shards(static_cast<std::size_t>(size));
-    std::vector<bool> got(static_cast<std::size_t>(size), false);
+    // shards[si][r]: the stage holding the instance first is read; later stages hold copies
+    // (the MTP stage's embedding), kept to be checked equal while the data streams
+    std::vector<std::vector<McoreShard>> shards(stages.size(), std::vector<McoreShard>(static_cast<std::size_t>(size)));
+    std::vector<std::vector<bool>> got(stages.size(), std::vector<bool>(static_cast<std::size_t>(size), false));
     std::string key0;
     for (std::size_t si = 0; si < stages.size(); ++si) {
       const auto [p, s] = stages[si];
@@ -93,21 +101,26 @@ public:
         const McoreKey mk = mcore_key(nm, in, slot);
         if (key0.empty()) key0 = mk.key;
         plan.consume(mcore_source_id(f.dir, dict, mk.key));
-        if (si == 0 && !got[static_cast<std::size_t>(r)]) {
+        if (!got[si][static_cast<std::size_t>(r)]) {
           auto rf = ck.rank_file(f.tp_rank, f.pp_rank, f.ep_rank);
-          shards[static_cast<std::size_t>(r)] = read_mcore_shard(*rf, dict, mk.key);
-          got[static_cast<std::size_t>(r)] = true;
+          shards[si][static_cast<std::size_t>(r)] = read_mcore_shard(*rf, dict, mk.key);
+          got[si][static_cast<std::size_t>(r)] = true;
         }
       }
     }
     for (int r = 0; r < size; ++r)
-      if (!got[static_cast<std::size_t>(r)]) fail("no file of the checkpoint holds shard ", r, " of ", in.label());
+      if (!got[0][static_cast<std::size_t>(r)]) fail("no file of the checkpoint holds shard ", r, " of ", in.label());
     const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
-    const bool fp8 = shards.front().scale.has_value();
+    const bool fp8 = shards[0].front().scale.has_value();
     const bool replicate = me.ignore_tp || (fp8 && me.fp8_ignore_tp);
     const Shape full = shape.expected_shape(in.kind.common);
     const auto maps = tp_maps(in.kind.tp_rule, replicate, key0, full, size, vocab);
-    auto src = mcore_logical_source(key0, full, shards, maps);
+    auto src = mcore_logical_source(key0, full, shards[0], maps);
+    for (std::size_t si = 1; si < stages.size(); ++si) {
+      bool all = true;
+      for (int r = 0; r < size; ++r) all = all && got[si][static_cast<std::size_t>(r)];
+      if (all) copies_[src.get()].push_back(mcore_logical_source(key0, full, shards[si], maps));
+    }
     any_fp8_ = any_fp8_ || src->fp8;
     if (src->fp8) all_pow2_ = all_pow2_ && src->pow2;
     return src;
@@ -127,7 +140,48 @@ private:
   PipelinePlan pp_;
   McoreFileLayout files_;
   bool any_fp8_ = false, all_pow2_ = true;
+  std::map<const LogicalSource*, std::vector<std::shared_ptr<const LogicalSource>>> copies_;
 };
+
+// Wraps `e`'s producer so that every copy of its source (held by other pipeline stages) is
+// compared with the original while the data streams: a copy that differs fails the run naming
+// both places. Plans read no data; this check costs one read of each copy.
+inline void check_copies_while_streaming(OutEntry& e, const std::shared_ptr<const LogicalSource>& src,
+                                         const std::vector<std::shared_ptr<const LogicalSource>>& copies) {
+  if (copies.empty()) return;
+  auto inner = e.data.run;
+  e.data.run = [inner, src, copies](Tensor& scratch) {
+    const AnyConstView v = inner(scratch);
+    const layout::Box all{Shape(src->full.size(), 0), src->full};
+    Tensor a;
+    const AnyConstView va = produce_detail::gather_into(*src, src->data, src->dtype, region_map(all), a);
+    const Tensor ca = va.is_contiguous() ? Tensor() : Tensor::copy_of(va);
+    const AnyConstView da = va.is_contiguous() ? va : ca.cview();
+    for (const auto& c : copies) {
+      Tensor b;
+      const AnyConstView vb = produce_detail::gather_into(*c, c->data, c->dtype, region_map(all), b);
+      const Tensor cb = vb.is_contiguous() ? Tensor() : Tensor::copy_of(vb);
+      const AnyConstView db = vb.is_contiguous() ? vb : cb.cview();
+      if (c->dtype != src->dtype || std::memcmp(da.data, db.data, da.size_bytes()) != 0) {
+        // name the stored pieces that hold the first differing element
+        const std::size_t es = dtype_size(src->dtype);
+        std::size_t i = 0;
+        while (c->dtype == src->dtype && i + es <= da.size_bytes() && std::memcmp(da.data + i, db.data + i, es) == 0) i += es;
+        Shape idx(src->full.size(), 0);
+        std::int64_t flat = static_cast<std::int64_t>(i / es);
+        for (std::size_t d = idx.size(); d-- > 0;) {
+          idx[d] = src->full[d] ? flat % src->full[d] : 0;
+          flat = src->full[d] ? flat / src->full[d] : 0;
+        }
+        const std::string wa = placed_origin(src->data, idx), wb = placed_origin(c->data, idx);
+        fail("'", wb.empty() ? c->name : wb, "' is a copy of '", wa.empty() ? src->name : wa,
+             "' (the same parameter held by another pipeline stage) but differs at ", shape_str(idx),
+             "; the checkpoint is inconsistent");
+      }
+    }
+    return v;
+  };
+}
 
 // MCore -> MCore: read one layout, write another (no HF files, no full model in memory; FP8
 // blocks move without re-quantization where the new boundaries allow).
@@ -172,6 +226,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
     }
     const Fp8Settings fs = fp8_settings(o, *src, quant::ScaleLayout::Unpadded);
     OutEntry e = make_entry(src, region_map(region), target_fp8, fs);
+    if (!t.is_copy) check_copies_while_streaming(e, src, read.copies_of(src.get()));
     if (e.how == "fp8 requantize" || e.how == "quantize")
       plan.notes.push_back((e.how == "quantize" ? "quantizing " : "re-quantizing ") + t.key);
     if (e.kind == EntryKind::Fp8) {
@@ -181,6 +236,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
       s.key = hf_scale_key(nm, t.key);
       s.data = e.scale;
       s.how = e.how;
+      if (e.locate) s.locate = [l = e.locate](const Shape& idx, bool) { return l(idx, true); };
       specs.push_back({t.key, e.data.dtype, e.data.shape});
       specs.push_back({s.key, s.data.dtype, s.data.shape});
       entries[s.key] = std::move(s);

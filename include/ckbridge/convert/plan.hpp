@@ -43,6 +43,9 @@ struct OutEntry {
   std::string scale_key;     // HF FP8: the `weight_scale_inv` key
   bool pow2 = false;         // FP8: scales are powers of two (TE quantizer's force_pow_2_scales)
   std::string how;           // e.g. "split rows 1/2", "fp8 direct", "requant te" (for --dry-run)
+  // Where the element at an index of the output tensor (of its scale when `scale`) is stored in
+  // the source ("<file>: <key>"); empty when unknown. For messages (verify names the source file).
+  std::function<std::string(const Shape& index, bool scale)> locate;
 };
 
 enum class FileFormat { Safetensors, TorchSave };

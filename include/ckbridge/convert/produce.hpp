@@ -110,8 +110,8 @@ inline bool fp8_direct_ok(const LogicalSource& src, const layout::ShardMap& m) {
 // Builds the entry for target `m` (key and dict filled in by the caller). `target` says whether
 // the output is FP8 (Keep = FP8 if the source is, Quantize = FP8, Dequantize = plain).
 // Returns a description of the path taken in entry.how.
-inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m, bool target_fp8,
-                           const Fp8Settings& fs) {
+inline OutEntry make_entry_unlocated(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m,
+                                     bool target_fp8, const Fp8Settings& fs) {
   using namespace produce_detail;
   OutEntry e;
   const std::string& name = src->name;
@@ -208,5 +208,30 @@ inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layou
   return e;
 }
 
+
+// The source label of element `idx` of the target `m` (of its 128x128 scale grid when `scale`).
+inline std::string locate_in_source(const LogicalSource& src, const layout::ShardMap& m, Shape idx, bool scale) {
+  if (scale)
+    for (std::size_t d = idx.size() >= 2 ? idx.size() - 2 : 0; d < idx.size(); ++d) idx[d] *= 128;
+  for (const auto& p : m.pieces) {
+    if (p.is_pad()) continue;
+    const layout::Box b = p.dst();
+    if (b.rank() != idx.size()) continue;
+    bool in = true;
+    for (std::size_t d = 0; d < idx.size() && in; ++d) in = idx[d] >= b.begin[d] && idx[d] < b.begin[d] + b.extent[d];
+    if (!in) continue;
+    Shape full(idx.size());
+    for (std::size_t d = 0; d < idx.size(); ++d) full[d] = p.src.begin[d] + idx[d] - b.begin[d];
+    return placed_origin(src.data, full);
+  }
+  return {};
+}
+
+inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m, bool target_fp8,
+                           const Fp8Settings& fs) {
+  OutEntry e = make_entry_unlocated(src, m, target_fp8, fs);
+  e.locate = [src, m](const Shape& idx, bool scale) { return locate_in_source(*src, m, idx, scale); };
+  return e;
+}
 
 }  // namespace ckbridge::convert

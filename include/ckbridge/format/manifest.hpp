@@ -1,0 +1,347 @@
+#pragma once
+// `ckbridge-manifest.json`: what a conversion wrote, to be checked later without the source.
+// For every output file its size and SHA-256, and for every tensor in it the SHA-256 of its
+// bytes (safetensors: each tensor's byte range; torch.save rank files: each tensor's elements in
+// C order, a TE FP8 tensor as its `:data` and `:scale_inv`), plus the tool version, the
+// arguments, the run fingerprint and a fingerprint of the source.
+//
+// Hashing uses OpenSSL's libcrypto (SHA-256 with the CPU's SHA extensions where present): link
+// the `ckbridge::manifest` CMake target, which adds OpenSSL::Crypto; nothing else in ckbridge
+// needs it.
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+
+#include "ckbridge/core/error.hpp"
+#include "ckbridge/core/mapped_file.hpp"
+#include "ckbridge/core/tensor.hpp"
+#include "ckbridge/format/megatron_reader.hpp"
+#include "ckbridge/format/safetensors_file.hpp"
+
+namespace ckbridge::manifest {
+
+inline constexpr const char* kFileName = "ckbridge-manifest.json";
+inline constexpr const char* kVersion = "0.1.0";
+
+class Sha256 {
+public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {
+    if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) fail("SHA-256: cannot initialise libcrypto");
+  }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* p, std::size_t n) {
+    if (n && EVP_DigestUpdate(ctx_, p, n) != 1) fail("SHA-256: update failed");
+  }
+  std::string hex() {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (EVP_DigestFinal_ex(ctx_, md, &len) != 1) fail("SHA-256: final failed");
+    static const char* d = "0123456789abcdef";
+    std::string s;
+    for (unsigned i = 0; i < len; ++i) s += d[md[i] >> 4], s += d[md[i] & 15];
+    return s;
+  }
+
+private:
+  EVP_MD_CTX* ctx_;
+};
+
+// SHA-256 of a byte range, fed in 16 MiB pieces (memory-mapped pages are read once).
+inline std::string sha256_hex(std::span<const std::byte> b) {
+  Sha256 h;
+  constexpr std::size_t kStep = 16u << 20;
+  for (std::size_t o = 0; o < b.size(); o += kStep) h.update(b.data() + o, std::min(kStep, b.size() - o));
+  return h.hex();
+}
+
+// SHA-256 of a view's elements in C order.
+inline std::string sha256_hex(const AnyConstView& v) {
+  if (v.is_contiguous()) return sha256_hex(std::span<const std::byte>(v.data, v.size_bytes()));
+  const Tensor t = Tensor::copy_of(v);
+  return sha256_hex(std::span<const std::byte>(t.data(), t.size_bytes()));
+}
+
+struct TensorHash {
+  std::string name, sha256;
+  std::uint64_t bytes = 0;
+};
+
+struct FileEntry {
+  std::string rel;  // relative to the checkpoint root, '/'-separated
+  std::uint64_t size = 0;
+  std::string sha256;
+  std::vector<TensorHash> tensors;
+};
+
+// Hashes one file of a checkpoint: the whole file, and its tensors when it is a safetensors or a
+// torch.save file (by extension).
+inline FileEntry hash_file(const std::filesystem::path& root, const std::filesystem::path& rel) {
+  FileEntry e;
+  e.rel = rel.generic_string();
+  const std::filesystem::path path = root / rel;
+  std::error_code ec;
+  e.size = std::filesystem::file_size(path, ec);
+  if (ec) fail(path.string(), ": cannot stat: ", ec.message());
+  if (e.size == 0) {
+    e.sha256 = sha256_hex(std::span<const std::byte>());
+    return e;
+  }
+  const std::string ext = rel.extension().string();
+  if (ext == ".safetensors") {
+    const safetensors::File f(path);
+    e.sha256 = sha256_hex(std::span<const std::byte>(f.mapped().data(), f.mapped().size()));
+    for (const auto& t : f.tensors()) e.tensors.push_back({t.name, sha256_hex(f.bytes(t)), t.size_bytes()});
+    f.mapped().release(0, f.mapped().size());
+    return e;
+  }
+  if (ext == ".pt") {
+    const format::MegatronRankFile f = format::load_megatron_rank_file(path);
+    const MappedFile* m = f.file->zip().mapped_file();
+    if (m) e.sha256 = sha256_hex(std::span<const std::byte>(m->data(), m->size()));
+    for (const auto& md : f.models)
+      for (const auto& en : md.entries) {
+        using K = format::ModelEntry::Kind;
+        const std::string name = md.key + "/" + en.name;
+        if (en.kind == K::Tensor && en.tensor) {
+          const AnyConstView v = f.view(*en.tensor, name);
+          e.tensors.push_back({name, sha256_hex(v), v.size_bytes()});
+        } else if (en.kind == K::TeFp8Blockwise && en.fp8) {
+          const auto tv = f.file->te_fp8_views(*en.fp8, name);
+          e.tensors.push_back({name + ":data", sha256_hex(tv.data), tv.data.size_bytes()});
+          e.tensors.push_back({name + ":scale_inv", sha256_hex(tv.scale_inv), tv.scale_inv.size_bytes()});
+        }
+      }
+    if (m) m->release(0, m->size());
+    if (!e.sha256.empty()) return e;
+  }
+  const MappedFile m(path);
+  e.sha256 = sha256_hex(std::span<const std::byte>(m.data(), m.size()));
+  return e;
+}
+
+// Hashes `rels` with `threads` workers; the result is in the order of `rels`.
+inline std::vector<FileEntry> hash_files(const std::filesystem::path& root, const std::vector<std::filesystem::path>& rels,
+                                         int threads) {
+  std::vector<FileEntry> out(rels.size());
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr err;
+  std::mutex mu;
+  auto work = [&] {
+    for (std::size_t i; (i = next++) < rels.size();) {
+      try {
+        out[i] = hash_file(root, rels[i]);
+      } catch (...) {
+        std::lock_guard lk(mu);
+        if (!err) err = std::current_exception();
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (err) std::rethrow_exception(err);
+  return out;
+}
+
+struct Manifest {
+  std::string tool = "ckbridge";
+  std::string version = kVersion;
+  std::string fingerprint;                 // the run fingerprint (what the arguments and plan make)
+  std::vector<std::string> arguments;      // the command line as given
+  std::string source;                      // the source path
+  std::string source_fingerprint;          // the source files' sizes and a content sample, hashed
+  std::vector<FileEntry> files;
+
+  std::string to_json() const {
+    rapidjson::StringBuffer sb;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+    w.SetIndent(' ', 1);
+    w.StartObject();
+    w.Key("tool"); w.String(tool.c_str());
+    w.Key("version"); w.String(version.c_str());
+    w.Key("fingerprint"); w.String(fingerprint.c_str());
+    w.Key("arguments"); w.StartArray();
+    for (const auto& a : arguments) w.String(a.c_str(), static_cast<rapidjson::SizeType>(a.size()));
+    w.EndArray();
+    w.Key("source"); w.String(source.c_str());
+    w.Key("source_fingerprint"); w.String(source_fingerprint.c_str());
+    w.Key("files"); w.StartArray();
+    for (const auto& f : files) {
+      w.StartObject();
+      w.Key("path"); w.String(f.rel.c_str());
+      w.Key("size"); w.Uint64(f.size);
+      w.Key("sha256"); w.String(f.sha256.c_str());
+      w.Key("tensors"); w.StartArray();
+      for (const auto& t : f.tensors) {
+        w.StartObject();
+        w.Key("name"); w.String(t.name.c_str());
+        w.Key("bytes"); w.Uint64(t.bytes);
+        w.Key("sha256"); w.String(t.sha256.c_str());
+        w.EndObject();
+      }
+      w.EndArray();
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize()) + "\n";
+  }
+
+  static Manifest parse(std::string_view json, const std::string& source_name) {
+    rapidjson::Document d;
+    d.Parse(json.data(), json.size());
+    if (d.HasParseError())
+      fail(source_name, ": invalid JSON at offset ", d.GetErrorOffset(), ": ", rapidjson::GetParseError_En(d.GetParseError()));
+    auto str = [&](const rapidjson::Value& o, const char* k) -> std::string {
+      if (!o.IsObject() || !o.HasMember(k) || !o[k].IsString()) fail(source_name, ": key '", k, "' missing or not a string");
+      return {o[k].GetString(), o[k].GetStringLength()};
+    };
+    Manifest m;
+    m.tool = str(d, "tool");
+    if (m.tool != "ckbridge") fail(source_name, ": not a ckbridge manifest (tool '", m.tool, "')");
+    m.version = str(d, "version");
+    m.fingerprint = str(d, "fingerprint");
+    m.source = str(d, "source");
+    m.source_fingerprint = str(d, "source_fingerprint");
+    if (d.HasMember("arguments") && d["arguments"].IsArray())
+      for (const auto& a : d["arguments"].GetArray())
+        if (a.IsString()) m.arguments.emplace_back(a.GetString(), a.GetStringLength());
+    if (!d.HasMember("files") || !d["files"].IsArray()) fail(source_name, ": key 'files' missing or not a list");
+    for (const auto& f : d["files"].GetArray()) {
+      FileEntry e;
+      e.rel = str(f, "path");
+      if (e.rel.empty() || e.rel.front() == '/' || e.rel.find("..") != std::string::npos)
+        fail(source_name, ": file path '", e.rel, "' leaves the checkpoint");
+      if (!f.HasMember("size") || !f["size"].IsUint64()) fail(source_name, ": '", e.rel, "': size missing");
+      e.size = f["size"].GetUint64();
+      e.sha256 = str(f, "sha256");
+      if (f.HasMember("tensors") && f["tensors"].IsArray())
+        for (const auto& t : f["tensors"].GetArray()) {
+          TensorHash th{str(t, "name"), str(t, "sha256"), 0};
+          if (t.HasMember("bytes") && t["bytes"].IsUint64()) th.bytes = t["bytes"].GetUint64();
+          e.tensors.push_back(std::move(th));
+        }
+      m.files.push_back(std::move(e));
+    }
+    return m;
+  }
+};
+
+// Every regular file below `root` (relative, sorted), except the manifest itself and a run's
+// private state directory.
+inline std::vector<std::filesystem::path> checkpoint_files(const std::filesystem::path& root) {
+  std::vector<std::filesystem::path> out;
+  for (auto it = std::filesystem::recursive_directory_iterator(root); it != std::filesystem::recursive_directory_iterator(); ++it) {
+    const auto rel = std::filesystem::relative(it->path(), root);
+    if (it->is_directory() && rel.filename() == ".ckbridge-run") {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file() || rel == kFileName) continue;
+    out.push_back(rel);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A cheap fingerprint of a source checkpoint (file or directory): every regular file's relative
+// path and size, and the SHA-256 of its first and last 64 KiB. Catches a replaced, resized or
+// re-written source without reading it all.
+inline std::string source_fingerprint(const std::filesystem::path& src) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> files;
+  if (fs::is_regular_file(src)) files.push_back(src);
+  else
+    for (const auto& e : fs::recursive_directory_iterator(src))
+      if (e.is_regular_file()) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  Sha256 h;
+  constexpr std::size_t kSample = 64u << 10;
+  for (const auto& p : files) {
+    const std::string rel = fs::relative(p, fs::is_regular_file(src) ? src.parent_path() : src).generic_string();
+    const std::uint64_t size = fs::file_size(p);
+    h.update(rel.data(), rel.size() + 1);
+    h.update(&size, sizeof size);
+    if (size == 0) continue;
+    const MappedFile m(p);
+    h.update(m.data(), std::min<std::size_t>(kSample, m.size()));
+    if (m.size() > kSample) h.update(m.data() + m.size() - kSample, kSample);
+  }
+  return h.hex();
+}
+
+// A problem found by check().
+struct Finding {
+  std::string path, what;
+};
+
+// Re-hashes the files a manifest lists under `root`; returns what differs (empty: all match).
+// A truncated file, a changed or swapped file, a missing file and a file the manifest does not
+// list are each reported, a changed file with the tensors whose bytes changed.
+inline std::vector<Finding> check(const std::filesystem::path& root, const Manifest& m, int threads,
+                                  std::size_t* verified = nullptr) {
+  std::vector<Finding> out;
+  std::vector<std::filesystem::path> present;
+  std::map<std::string, const FileEntry*> listed;
+  for (const auto& f : m.files) listed[f.rel] = &f;
+  for (const auto& rel : checkpoint_files(root))
+    if (!listed.count(rel.generic_string())) out.push_back({rel.generic_string(), "not listed in the manifest"});
+  std::vector<const FileEntry*> want;
+  for (const auto& f : m.files) {
+    std::error_code ec;
+    const auto sz = std::filesystem::file_size(root / f.rel, ec);
+    if (ec) {
+      out.push_back({f.rel, "missing"});
+      continue;
+    }
+    if (sz != f.size) {
+      out.push_back({f.rel, "size " + std::to_string(sz) + " bytes, the manifest says " + std::to_string(f.size) +
+                                (sz < f.size ? " (truncated)" : "")});
+      continue;
+    }
+    present.push_back(f.rel);
+    want.push_back(&f);
+  }
+  const std::vector<FileEntry> got = hash_files(root, present, threads);
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const FileEntry& w = *want[i];
+    if (got[i].sha256 == w.sha256) {
+      ++ok;
+      continue;
+    }
+    std::map<std::string, std::string> have;
+    for (const auto& t : got[i].tensors) have[t.name] = t.sha256;
+    std::string tensors;
+    std::size_t n = 0;
+    for (const auto& t : w.tensors) {
+      auto it = have.find(t.name);
+      if (it != have.end() && it->second == t.sha256) continue;
+      if (++n <= 4) tensors += (tensors.empty() ? "" : ", ") + t.name + (it == have.end() ? " (absent)" : "");
+    }
+    if (n > 4) tensors += ", ... (" + std::to_string(n) + " in all)";
+    out.push_back({w.rel, "SHA-256 differs" + (tensors.empty() ? std::string() : "; tensors whose bytes differ: " + tensors)});
+  }
+  if (verified) *verified = ok;
+  return out;
+}
+
+}  // namespace ckbridge::manifest
