@@ -790,7 +790,7 @@ def check_bad_inputs(work, src):
         refused(mc, os.path.join(work, 'bad_layout_etp'), dict(BASE, etp=2),
                 ['--expert_tensor_parallel_size 2', 'contradicts the checkpoint'], to='huggingface')
         refused(mc, os.path.join(work, 'bad_layout_split'), dict(BASE, custom=[1, 3]),
-                ['input_layernorm.weight', 'pipeline split'], to='huggingface')
+                ['the pipeline flags', '[1,3]', 'the checkpoint holds [2,2]'], to='huggingface')
     check('bad input: MCore -> HF with flags contradicting the checkpoint (TP, PP, ETP, experts, split)',
           wrong_layout)
 

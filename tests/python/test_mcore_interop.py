@@ -97,6 +97,13 @@ LAYOUTS = [
     ('tp4_ep2_etp2', ['--tensor_model_parallel_size', '4', '--expert_parallel_size', '2',
                       '--expert_tensor_parallel_size', '2', '--moe-grouped-gemm']),
     ('pp4', ['--pipeline_model_parallel_size', '4', '--expert_parallel_size', '1']),
+    # LoongForge records the custom split it derives from a layout string next to it
+    ('pp2_layout_t_tmL', ['--pipeline_model_parallel_size', '2', '--pipeline_model_parallel_layout', 'Et|t|t|tmL',
+                          '--expert_parallel_size', '2', '--moe-grouped-gemm']),
+    # an empty virtual partition: PP rank 1 has no model1 (neither LoongForge nor ckbridge writes one)
+    ('dualpipev_last1', ['--pipeline_model_parallel_size', '2', '--num-virtual-stages-per-pipeline-rank', '2',
+                         '--vpp-scheduler', 'dualpipev', '--decoder-last-pipeline-num-layers', '1',
+                         '--expert_parallel_size', '2', '--moe-grouped-gemm']),
 ]
 
 
@@ -129,7 +136,9 @@ def loongforge_args(flags):
         expert_tensor_parallel_size=v.expert_tensor_parallel_size,
         num_virtual_stages_per_pipeline_rank=v.num_virtual_stages_per_pipeline_rank,
         num_layers_per_virtual_pipeline_stage=None,
-        custom_pipeline_layers=v.custom_pipeline_layers,
+        custom_pipeline_layers=v.custom_pipeline_layers or (  # derived from a layout string, as LoongForge does
+            ','.join(str(st.count('t')) for st in v.pipeline_model_parallel_layout.split('|'))
+            if v.pipeline_model_parallel_layout else None),
         pipeline_model_parallel_layout=v.pipeline_model_parallel_layout,
         decoder_first_pipeline_num_layers=v.decoder_first_pipeline_num_layers,
         decoder_last_pipeline_num_layers=v.decoder_last_pipeline_num_layers,

@@ -44,7 +44,7 @@ inline std::vector<Placed> place_rows(const std::vector<AnyConstView>& parts) {
   for (const auto& p : parts) {
     Shape o(p.rank(), 0);
     if (!o.empty()) o[0] = row;
-    out.push_back({p, o});
+    out.push_back({p, o, {}});
     row += p.rank() ? p.shape[0] : 1;
   }
   return out;

@@ -66,7 +66,7 @@ inline std::shared_ptr<LogicalSource> hf_source(const safetensors::Checkpoint& c
     if (src->blocks_tile) {
       std::int64_t row = 0;
       for (const auto& s : scales) {
-        src->scale.push_back({s, Shape{row, 0}});
+        src->scale.push_back({s, Shape{row, 0}, {}});
         row += s.shape[0];
       }
     }

@@ -46,6 +46,7 @@ struct McoreLayout {
   bool has_experts = false;
   std::vector<int> vp_decoder_layers;  // decoder layers per virtual partition (vp order), from tensor names
   std::vector<int> vp_mtp_layers;      // MTP layers per virtual partition
+  std::vector<std::vector<int>> stage_decoder_layers;  // [PP rank][chunk] decoder layers, as stored
   std::string args_naming = "none";    // "Megatron-LM", "LoongForge" or "none" (no args stored)
   std::vector<std::string> other_keys; // top-level entries that are not weights (optimizer, rng_state, ...)
   std::map<std::string, std::string> source;  // axis ("TP", "PP", "EP", "ETP", "VPP", ...) -> where it was read
@@ -237,9 +238,13 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
   if (l.has_experts) check_arg("EP", l.ep, {"expert_model_parallel_size", "expert_parallel_size"});
 
   // ---- 2. tensor names: virtual stages, experts, layers per stage
-  l.vpp = static_cast<int>(f0.models.size());
-  l.source["VPP"] = f0.file_name() + " (" + std::to_string(f0.models.size()) + " model chunk" +
-                    (f0.models.size() == 1 ? ")" : "s)");
+  // model chunks: the most any stage's file holds (a trailing chunk without tensors is not saved)
+  const format::MegatronRankFile* fv = &f0;
+  for (const auto* sf : stage_files(l.pp, l.second_index_is_ep))
+    if (sf->models.size() > fv->models.size()) fv = sf;
+  l.vpp = static_cast<int>(fv->models.size());
+  l.source["VPP"] = fv->file_name() + " (" + std::to_string(fv->models.size()) + " model chunk" +
+                    (fv->models.size() == 1 ? ")" : "s)");
   {
     std::string used;
     std::optional<std::int64_t> avpp = arg_int_any(f0, {"num_virtual_stages_per_pipeline_rank",
@@ -309,11 +314,15 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
       if (r.pp == p && (!rp || std::tie(r.tp, r.ep) < std::tie(rp->tp, rp->ep))) rp = &r;
     if (!rp) fail(where, ": no rank directory for pipeline stage ", p, " of ", l.pp);
     const format::MegatronRankFile& f = load(*rp);
-    if (static_cast<int>(f.models.size()) != l.vpp)
-      fail(where, ": ", f.file_name(), " has ", f.models.size(), " model chunks but ", f0.file_name(), " has ", l.vpp);
+    // a trailing virtual chunk without tensors has no modelN entry (LoongForge and ckbridge write none)
+    if (static_cast<int>(f.models.size()) > l.vpp || f.models.empty())
+      fail(where, ": ", f.file_name(), " has ", f.models.size(), " model chunks but ", fv->file_name(), " has ", l.vpp);
     for (int s = 0; s < l.vpp; ++s) {
       std::set<int> dec, mtp;
-      for (const auto& e : f.models[static_cast<std::size_t>(s)].entries) {
+      format::ModelStateDict absent;
+      absent.key = "model" + std::to_string(s);
+      const format::ModelStateDict& md = s < static_cast<int>(f.models.size()) ? f.models[static_cast<std::size_t>(s)] : absent;
+      for (const auto& e : md.entries) {
         const int di = layer_index(e.name, hints.layer_prefix), mi = layer_index(e.name, hints.mtp_layer_prefix);
         if (di >= 0) dec.insert(di);
         if (mi >= 0) mtp.insert(mi);
@@ -321,11 +330,11 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
             (e.name.find("final_layernorm") != std::string::npos || e.name.find("final_norm") != std::string::npos ||
              e.name.rfind("output_layer.", 0) == 0)) {
           final_chunk = std::pair(p, s);
-          final_key = f.file_name() + ": " + f.models[static_cast<std::size_t>(s)].key + "/" + e.name;
+          final_key = f.file_name() + ": " + md.key + "/" + e.name;
         }
       }
       if (!dec.empty() && (*dec.begin() != 0 || *dec.rbegin() != static_cast<int>(dec.size()) - 1))
-        fail(f.file_name(), ": ", f.models[static_cast<std::size_t>(s)].key, " holds decoder layers ", *dec.begin(),
+        fail(f.file_name(), ": ", md.key, " holds decoder layers ", *dec.begin(),
              " .. ", *dec.rbegin(), " with gaps (", dec.size(), " distinct); expected local indices 0 .. n-1");
       dec_ps[static_cast<std::size_t>(p)].push_back(static_cast<int>(dec.size()));
       mtp_ps[static_cast<std::size_t>(p)].push_back(static_cast<int>(mtp.size()));
@@ -368,6 +377,7 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
          "in any known stage order");
   }
   std::tie(l.vp_decoder_layers, l.vp_mtp_layers) = vp_lists(l.dualpipev);
+  l.stage_decoder_layers = dec_ps;
   int total = 0, total_mtp = 0;
   for (int c : l.vp_decoder_layers) total += c;
   for (int c : l.vp_mtp_layers) total_mtp += c;
@@ -403,8 +413,21 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
     split_arg = "args.custom_pipeline_layers '" + *v + "'";
   }
   if (auto v = arg_str(f0, "pipeline_model_parallel_layout"); v && !v->empty()) {
+    // LoongForge records the custom_pipeline_layers it derives from a layout string next to it
+    std::optional<std::vector<int>> derived = from_args.custom;
+    from_args.custom.reset();
     from_args.layout = *v;
     split_arg = "args.pipeline_model_parallel_layout '" + *v + "'";
+    if (derived) {
+      std::optional<std::pair<std::vector<int>, std::vector<int>>> d;
+      try {
+        d = decoder_counts(from_args);
+      } catch (const Error&) {  // the layout string itself is checked below, with its own message
+      }
+      if (d && d->first != *derived)
+        fail(where, ": ", split_arg, " gives decoder layers per virtual partition ", list_str(d->first),
+             " but args.custom_pipeline_layers is ", list_str(*derived));
+    }
   }
   std::string used;
   if (auto v = arg_int_any(f0, {"decoder_first_pipeline_num_layers"}, &used)) from_args.first = static_cast<int>(*v);
@@ -466,21 +489,43 @@ inline std::optional<std::string> pipeline_contradiction(const McoreLayout& l, c
   q.num_layers = l.num_layers.value_or(0);
   q.mtp_num_layers = l.mtp_num_layers.value_or(0);
   q.allow_empty_partitions = true;
+  // global decoder layer ids per (stage, chunk): the same layers in the same places is no
+  // contradiction, whatever order or split flags describe them
+  auto placement = [](const PipelinePlan& plan) {
+    std::vector<std::vector<std::vector<int>>> out(static_cast<std::size_t>(plan.pp()));
+    for (int p = 0; p < plan.pp(); ++p)
+      for (int s = 0; s < plan.vpp(); ++s) {
+        out[static_cast<std::size_t>(p)].emplace_back();
+        for (const auto& lp : plan.stage_layers(p, s))
+          if (!lp.is_mtp) out[static_cast<std::size_t>(p)].back().push_back(lp.global_id);
+      }
+    return out;
+  };
   std::vector<int> dec;
+  bool same = false;
   try {
     const PipelinePlan plan(q);
     dec = plan.vp_counts();
     for (std::size_t i = 0; i < dec.size(); ++i) dec[i] -= plan.vp_mtp_counts()[i];
+    if (plan.pp() != l.pp || plan.vpp() != l.vpp)
+      return what + " give " + std::to_string(plan.pp()) + " pipeline stages x " + std::to_string(plan.vpp()) +
+             " virtual stages but the checkpoint has " + std::to_string(l.pp) + " x " + std::to_string(l.vpp);
+    PipelineOptions c = l.pipeline();
+    c.num_layers = q.num_layers;
+    c.mtp_num_layers = q.mtp_num_layers;
+    c.allow_empty_partitions = true;
+    same = placement(plan) == placement(PipelinePlan(c));
+  } catch (const Error& e) {
+    return what + " do not describe the checkpoint: " + e.what();
+  }
+  if (!same) {
     if (given.dualpipev != l.dualpipev)
       return what + " give " + (given.dualpipev ? "the DualPipeV" : "the standard") +
              " virtual-stage order but the checkpoint uses the " + (l.dualpipev ? "DualPipeV" : "standard") +
              " one (" + (l.source.count("order") ? l.source.at("order") : std::string("no vpp_scheduler in args")) + ")";
-  } catch (const Error& e) {
-    return what + " do not describe the checkpoint: " + e.what();
-  }
-  if (dec != l.vp_decoder_layers)
     return what + " give decoder layers per virtual partition " + list_str(dec) + " but the checkpoint holds " +
            list_str(l.vp_decoder_layers) + " (" + l.source.at("layers") + ")";
+  }
   return std::nullopt;
 }
 

@@ -141,7 +141,7 @@ inline OutEntry make_entry_unlocated(std::shared_ptr<const LogicalSource> src, c
       e.data = Producer{out, shard, bytes_of(out, src->full) + bytes_of(out, shard), [src, m, out](Tensor& scratch) {
                           Tensor full = dequantize_full(*src, out);
                           scratch = Tensor(out, m.shard_shape);
-                          gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0)}}, m, scratch.view());
+                          gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0), {}}}, m, scratch.view());
                           return scratch.cview();
                         }};
       e.how = "dequantize full";
@@ -188,7 +188,7 @@ inline OutEntry make_entry_unlocated(std::shared_ptr<const LogicalSource> src, c
     if (src->fp8) {
       full = produce_detail::dequantize_full(*src, DType::F32);
       tmp = Tensor(DType::F32, m.shard_shape);
-      gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0)}}, m, tmp.view());
+      gather_shard(src->name, {Placed{full.cview(), Shape(src->full.size(), 0), {}}}, m, tmp.view());
       x = tmp.cview();
     } else {
       x = produce_detail::gather_into(*src, src->data, src->dtype, m, tmp);
