@@ -85,13 +85,13 @@ EOF
 echo "LoongForge convert YAML used (diff against LoongForge's own):"
 diff "$LF_CONV_YAML" "$LF_YAML" | sed 's/^/  /'
 
-lf_convert() {  # lf_convert <out> <log> [layout flags...]
-  local out=$1 log=$2
-  shift 2
+lf_convert() {  # lf_convert <from> <to> <src> <out> <log> [layout flags...]
+  local from=$1 to=$2 src=$3 out=$4 log=$5
+  shift 5
   (cd "$WORK" && LOONGFORGE_PATH=$LFROOT "$PY" "$LF/tools/convert_checkpoint/module_convertor/model.py" \
-    --load_platform=huggingface --save_platform=mcore \
+    --load_platform="$from" --save_platform="$to" \
     --config_file "$LFROOT/configs/models/deepseek3/deepseek_v3_tiny.yaml" --convert_file "$LF_YAML" \
-    --load_ckpt_path="$SRC" --save_ckpt_path="$out" --safetensors --max_workers=2 "$@") >"$log" 2>&1
+    --load_ckpt_path="$src" --save_ckpt_path="$out" --safetensors --max_workers=2 "$@") >"$log" 2>&1
 }
 ck_convert() {  # ck_convert <from> <to> <src> <dst> <log> [flags...]
   local from=$1 to=$2 src=$3 dst=$4 log=$5
@@ -138,7 +138,7 @@ for i in "${!NAMES[@]}"; do
   D=$WORK/$name
   mkdir -p "$D"
   echo "== $name: ${FLAGS[$i]}"
-  lf_convert "$D/lf_mcore" "$D/lf.log" "${flags[@]}"
+  lf_convert huggingface mcore "$SRC" "$D/lf_mcore" "$D/lf.log" "${flags[@]}"
   lf_rc=$?
   n_lf=$(find "$D/lf_mcore" -name model_optim_rng.pt 2>/dev/null | wc -l)
   ok=1
@@ -163,7 +163,22 @@ for i in "${!NAMES[@]}"; do
     details+=("$name: LoongForge rank dirs: $ranks_lf")
     details+=("$name: $(head -n1 "$D/compare.log")")
     "$PY" "$HERE/compare_mcore.py" --args "$D/lf_mcore" >"$D/lf_args.log" 2>&1 && details+=("$name: LoongForge $(cat "$D/lf_args.log")")
-  else
+  fi
+  # and the other way: LoongForge MCore -> HF reads ckbridge's MCore files (tensors compared, since
+  # LoongForge shards its HF output its own way and writes no config.json)
+  lf_reads="-"
+  if [ $ck_h2m_rc -eq 0 ]; then
+    lf_convert mcore huggingface "$D/ck_mcore/release" "$D/lf_hf_from_ck" "$D/lf_m2h.log" "${flags[@]}"
+    rc=$?
+    if [ $rc -eq 0 ] && "$PY" "$HERE/compare_hf.py" "$SRC" "$D/lf_hf_from_ck" >"$D/compare_hf.log" 2>&1; then
+      lf_reads="same"
+    else
+      lf_reads="rc $rc"; [ $rc -eq 0 ] && lf_reads="DIFFER"
+      ok=0
+      details+=("$name: LoongForge MCore->HF on ckbridge's files: $( [ $rc -eq 0 ] && head -n2 "$D/compare_hf.log" | tr '\n' ' ' || last_error "$D/lf_m2h.log")")
+    fi
+  fi
+  if [ $ck_h2m_rc -ne 0 ] || [ $lf_rc -ne 0 ]; then
     ok=0
     [ $ck_h2m_rc -ne 0 ] && details+=("$name: ckbridge HF->MCore rc $ck_h2m_rc: $(last_error "$D/ck_h2m.log")")
   fi
@@ -187,19 +202,22 @@ for i in "${!NAMES[@]}"; do
     ok=0
   fi
   [ $ok -eq 1 ] || status=1
-  rows+=("$(printf '| %-26s | %-13s | %-44s | %-13s | %-13s | %-9s | %-9s | %-4s |' "$name" "rc $lf_rc ($n_lf files)" "$vs" \
-    "$with" "$without" "$same_with" "$same_without" "$([ $ok -eq 1 ] && echo PASS || echo FAIL)")")
+  rows+=("$(printf '| %-24s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |' "$name" "rc $lf_rc ($n_lf files)" "$vs" \
+    "$lf_reads" "$with" "$without" "$same_with" "$same_without" "$([ $ok -eq 1 ] && echo PASS || echo FAIL)")")
 done
 
 echo
 echo "Details:"
 printf '  %s\n' "${details[@]}"
 echo
-echo "LoongForge HF -> MCore, then ckbridge MCore -> HF on LoongForge's files (HF files identical: cmp with the source, shards + index + config.json)"
-printf '| %-26s | %-13s | %-44s | %-13s | %-13s | %-9s | %-9s | %-4s |\n' layout "LoongForge" "ckbridge HF->MCore vs LoongForge's MCore" \
-  "ck with flags" "ck no flags" "HF same w" "HF same wo" ""
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..46})" \
-  "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..6})"
+echo "LoongForge HF -> MCore; ckbridge HF -> MCore compared with it; LoongForge MCore -> HF on ckbridge's files"
+echo "(tensors compared with the source); ckbridge MCore -> HF on LoongForge's files with the layout flags (w)"
+echo "and without any (wo): HF files identical = cmp with the source, every shard + index + config.json"
+printf '| %-24s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |\n' layout "LoongForge" \
+  "ckbridge HF->MCore vs LoongForge's MCore" "LF reads" "ck w" "ck wo" "HF same w" "HF same wo" ""
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..26})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..46})" \
+  "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..12})" \
+  "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..6})"
 printf '%s\n' "${rows[@]}"
 if [ $status -eq 0 ]; then echo "ALL LAYOUTS PASS"; else echo "SOME LAYOUTS FAIL"; fi
 exit $status
