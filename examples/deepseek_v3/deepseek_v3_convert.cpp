@@ -39,7 +39,7 @@ struct Flags {
   std::int64_t make_vocab_size_divisible_by = 128, pad_vocab_size_to = 0;
   std::optional<std::int64_t> vocab_size;
   std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
-  std::string megatron_path;
+  std::string megatron_path, hf_config_file;
   std::string model = "deepseek_v3";
 };
 
@@ -121,6 +121,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(examples::kModelNames));
   app.add_option("--load_ckpt_path", f.load_ckpt_path, "HF directory, or MCore checkpoint root / iteration directory")->required();
   app.add_option("--save_ckpt_path", f.save_ckpt_path, "output directory (must be new or empty)")->required();
+  app.add_option("--hf_config_file,--hf-official-config-file,--hf_official_config_file", f.hf_config_file,
+                 "official HF config.json: its router / rope / position / norm-epsilon values go into a written "
+                 "config.json (else the model YAML's, else ckbridge's defaults)");
   app.add_option("--megatron_path", f.megatron_path, "accepted for compatibility; ckbridge needs no Megatron sources");
   app.add_flag("--safetensors", f.safetensors, "read HF safetensors (the only HF input format ckbridge reads)");
   app.add_flag("--convert_to_fp8", f.convert_to_fp8, "quantize FP8-capable weights of a BF16 source (both directions)");
@@ -185,11 +188,18 @@ int main(int argc, char** argv) {
     const auto cfg = config::load_loongforge_configs(f.config_file, f.convert_file);
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
     config::ModelConfig mc = cfg.model;
-    if (f.mtp_num_layers) mc.mtp_num_layers = *f.mtp_num_layers;
-    if (f.vocab_size) mc.vocab_size = *f.vocab_size;
+    if (f.mtp_num_layers) {
+      mc.mtp_num_layers = *f.mtp_num_layers;
+      mc.origin["mtp_num_layers"] = "--mtp_num_layers";
+    }
+    if (f.vocab_size) {
+      mc.vocab_size = *f.vocab_size;
+      mc.origin["vocab_size"] = "--vocab_size";
+    }
+    if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
     convert::ModelShape shape =
         examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
-    if (shape.num_experts > 0 && !f.ep)
+    if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
     convert::ConvertOptions o;
@@ -240,50 +250,63 @@ int main(int argc, char** argv) {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
       plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
     } else {
-      fs::path src(f.load_ckpt_path);
-      // LoongForge takes the iteration directory (.../release); accept it and its parent.
-      if (!fs::exists(src / "latest_checkpointed_iteration.txt") && fs::exists(src.parent_path() / "latest_checkpointed_iteration.txt"))
-        src = src.parent_path();
-      // The source layout comes from the checkpoint; for MCore -> HF the layout flags may restate
-      // it, but must not contradict it. For MCore -> MCore the flags describe the target.
-      const convert::McoreLayout have = convert::read_mcore_layout(src);
-      if (have.num_layers && *have.num_layers != shape.num_layers)
-        fail("--load_ckpt_path ", src.string(), ": the checkpoint has num_layers ", *have.num_layers,
-             " but the model config says ", shape.num_layers);
+      const fs::path src(f.load_ckpt_path);
+      // The source layout comes from the checkpoint itself (rank directory names, tensor names,
+      // args in Megatron-LM's or LoongForge's naming). For MCore -> HF the layout flags may restate
+      // it, but must not contradict it; for MCore -> MCore the flags describe the target.
+      convert::McoreLayoutHints hints;
+      hints.layer_prefix = nm.mcore_layer_prefix;
+      hints.mtp_layer_prefix = nm.mcore_mtp_layer_prefix;
+      hints.num_layers = shape.num_layers;
+      if (mc.num_experts > 0) hints.moe_ffn_hidden_size = mc.moe_ffn_hidden_size;
+      const convert::McoreLayout have = convert::read_mcore_layout(src, hints);
+      if (!have.other_keys.empty()) {
+        std::string keys;
+        for (const auto& k : have.other_keys) keys += (keys.empty() ? "" : ", ") + k;
+        std::fprintf(stderr, "note: %s: skipping the entries that are not weights (%s)\n", src.string().c_str(), keys.c_str());
+      }
       convert::ConvertOptions so = o;
       so.tp = have.tp;
       so.ep = have.ep;
       so.etp = have.etp;
       so.grouped_gemm = have.grouped_gemm;
-      so.pipeline = convert::PipelineOptions{};
-      so.pipeline.pp = have.pp;
-      so.pipeline.vpp = have.vpp;
-      so.pipeline.custom = have.custom;
-      so.pipeline.layout = have.layout;
-      so.pipeline.dualpipev = have.dualpipev;
-      so.pipeline.first = have.first;
-      so.pipeline.last = have.last;
+      so.pipeline = have.pipeline();
       if (f.save_platform == "huggingface") {
-        auto check = [&](const char* flag, bool given, const std::string& mine, const std::string& theirs) {
+        auto check = [&](const char* flag, bool given, const std::string& mine, const std::string& theirs,
+                         const char* axis) {
           if (given && mine != theirs)
-            fail(flag, " ", mine, " contradicts the checkpoint ", src.string(), ", which was written with ", theirs,
+            fail(flag, " ", mine, " contradicts the checkpoint ", src.string(), ": ",
+                 have.source.count(axis) ? have.source.at(axis) : std::string("its layout"), " give ", axis, " ", theirs,
                  " (omit the flag to use the checkpoint's layout)");
         };
         auto str = [](std::optional<int> v) { return v ? std::to_string(*v) : std::string("unset"); };
-        check("--tensor_model_parallel_size", app.count("--tensor_model_parallel_size") > 0, std::to_string(o.tp), std::to_string(so.tp));
-        check("--pipeline_model_parallel_size", app.count("--pipeline_model_parallel_size") > 0, std::to_string(o.pipeline.pp), std::to_string(so.pipeline.pp));
-        check("--expert_parallel_size", f.ep.has_value(), std::to_string(o.ep), std::to_string(so.ep));
-        check("--expert_tensor_parallel_size", f.etp.has_value(), str(o.etp), str(so.etp.value_or(so.tp)));
-        check("--num-virtual-stages-per-pipeline-rank", f.vpp.has_value(), std::to_string(o.pipeline.vpp), std::to_string(so.pipeline.vpp));
-        check("--moe-grouped-gemm", f.grouped_gemm, "given", so.grouped_gemm ? "given" : "not given (sequential experts)");
-        if (!f.custom_pipeline_layers.empty() || !f.pipeline_layout.empty() || f.first || f.last) {
-          // explicit pipeline split flags: they decide (older checkpoints do not record them)
-          so.pipeline = o.pipeline;
-        }
-        if (f.grouped_gemm) so.grouped_gemm = true;
+        // the pipeline the flags describe, the checkpoint's sizes where a flag is not given
+        auto given_pipeline = [&] {
+          convert::PipelineOptions g = o.pipeline;
+          if (!app.count("--pipeline_model_parallel_size")) g.pp = have.pp;
+          if (!f.vpp && !f.layers_per_vstage) g.vpp = have.vpp;
+          if (f.vpp_scheduler.empty()) g.dualpipev = have.dualpipev;
+          return g;
+        };
+        check("--tensor_model_parallel_size", app.count("--tensor_model_parallel_size") > 0, std::to_string(o.tp),
+              std::to_string(so.tp), "TP");
+        check("--pipeline_model_parallel_size", app.count("--pipeline_model_parallel_size") > 0,
+              std::to_string(o.pipeline.pp), std::to_string(so.pipeline.pp), "PP");
+        if (have.has_experts) check("--expert_parallel_size", f.ep.has_value(), std::to_string(o.ep), std::to_string(so.ep), "EP");
+        if (have.has_experts && so.etp)
+          check("--expert_tensor_parallel_size", f.etp.has_value(), str(o.etp), str(so.etp), "ETP");
+        check("--num-virtual-stages-per-pipeline-rank", f.vpp.has_value() || f.layers_per_vstage.has_value(),
+              std::to_string(o.pipeline.vpp), std::to_string(so.pipeline.vpp), "VPP");
+        if (f.grouped_gemm && have.has_experts && !have.grouped_gemm)
+          fail("--moe-grouped-gemm contradicts the checkpoint ", src.string(),
+               ": its expert tensors are sequential (local_experts) (omit the flag to use the checkpoint's layout)");
+        if (!f.custom_pipeline_layers.empty() || !f.pipeline_layout.empty() || f.first || f.last ||
+            !f.vpp_scheduler.empty())
+          if (auto why = convert::pipeline_contradiction(have, given_pipeline(), "the pipeline flags"))
+            fail(*why, " (", src.string(), "; omit the flags to use the checkpoint's layout)");
         if (f.etp && !so.etp) so.etp = f.etp;
       }
-      mcore = std::make_unique<convert::McoreCheckpoint>(src, so.pipeline.pp == 1 && shape.num_experts > 0 && so.ep > 1);
+      mcore = std::make_unique<convert::McoreCheckpoint>(src, have.second_index_is_ep);
       if (f.save_platform == "huggingface") plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_hf<M>(*mcore, nm, shape, mc, so); });
       else plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_mcore<M>(*mcore, nm, shape, so, o); });
     }
@@ -291,6 +314,10 @@ int main(int argc, char** argv) {
     for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
     if (f.dry_run) {
       print_files(plan);
+      for (const auto& [rel, text] : plan.small_files)
+        if (rel == "config.json")
+          for (const auto& [key, from] : config::config_json_origins(text, mc))
+            std::printf("  config.json %-32s from %s\n", key.c_str(), from.c_str());
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).

@@ -443,6 +443,29 @@ moe_router_num_groups: 2
   // moe_layer_freq as an int (every k-th layer) and as a plain list expression string
   BOOST_TEST(model_config_from_yaml(with("moe_layer_freq", "1"), "m.yaml").first_k_dense() == 0);
   BOOST_TEST(model_config_from_yaml(with("moe_layer_freq", "'[0]*1+[1]*1'"), "m.yaml").first_k_dense() == 1);
+  // router values the user did not write are defaults that fit the model, not validated as written
+  // (4 experts: top-k min(8, 4) = 4; 8 groups do not divide 4 -> 1; group top-k min(4, 1) = 1)
+  {
+    YAML::Node n = with("moe_router_topk", "");
+    n.remove("moe_router_num_groups");
+    const auto d = model_config_from_yaml(n, "m.yaml");
+    BOOST_TEST(d.moe_router_topk == 4);
+    BOOST_TEST(d.moe_router_num_groups == 1);
+    BOOST_TEST(d.moe_router_group_topk == 1);
+    BOOST_TEST(d.is_default("moe_router_topk"));
+    BOOST_TEST(d.origin_of("moe_router_topk") == "default");
+    BOOST_TEST(d.origin_of("hidden_size") == "m.yaml");
+    BOOST_TEST(!ok.is_default("moe_router_topk"));
+    BOOST_TEST(ok.moe_router_topk == 2);
+    YAML::Node g = YAML::Load(good);
+    g["num_experts"] = 16;
+    g.remove("moe_router_topk");
+    g.remove("moe_router_num_groups");
+    const auto d16 = model_config_from_yaml(g, "m.yaml");  // DeepSeek's own defaults fit 16 experts
+    BOOST_TEST(d16.moe_router_topk == 8);
+    BOOST_TEST(d16.moe_router_num_groups == 8);
+    BOOST_TEST(d16.moe_router_group_topk == 4);
+  }
   expect_error([] { model_config_from_hf_json("{\"hidden_size\": 1", "c.json"); }, {"c.json", "invalid JSON"});
   expect_error([] { model_config_from_hf_json("[1]", "c.json"); }, {"c.json", "must be an object"});
   expect_error([] { model_config_from_hf_json("{\"num_hidden_layers\": \"x\"}", "c.json"); },

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <algorithm>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -68,6 +70,29 @@ struct ModelConfig {
   double rotary_base = 10000;
   std::int64_t max_position_embeddings = 163840;
   std::optional<RopeScaling> rope_scaling = RopeScaling{};
+  // Where each field's value came from, by field name: the file it was read from, a flag, or
+  // "default" (ckbridge's documented default, never validated as if the user had written it).
+  // Empty for a config built in code (then every value counts as written).
+  std::map<std::string, std::string> origin;
+
+  bool is_default(const std::string& field) const {
+    auto it = origin.find(field);
+    return it != origin.end() && it->second == "default";
+  }
+  std::string origin_of(const std::string& field) const {
+    auto it = origin.find(field);
+    return it == origin.end() ? std::string("the program") : it->second;
+  }
+  // Router defaults that fit the model (DeepSeek-V3's values where they can): top-k min(8, E),
+  // 8 groups when they divide E (else 1), group top-k min(4, groups). Only fields still at their
+  // default are changed.
+  void resolve_router_defaults() {
+    if (num_experts <= 0) return;
+    if (is_default("moe_router_topk")) moe_router_topk = std::min<std::int64_t>(8, num_experts);
+    if (is_default("moe_router_num_groups")) moe_router_num_groups = num_experts % 8 == 0 ? 8 : 1;
+    if (is_default("moe_router_group_topk"))
+      moe_router_group_topk = std::min<std::int64_t>(4, moe_router_num_groups);
+  }
 
   // Number of leading dense layers (HF first_k_dense_replace).
   std::int64_t first_k_dense() const {
@@ -166,6 +191,16 @@ void yread(const YAML::Node& m, const char* key, T& out, std::string_view source
   if (auto n = yget(m, key)) out = yas<T>(*n, source, key);
   else if (required) fail(source, ": key '", key, "' is missing");
 }
+// yread that also records where the field's value came from (the file, or "default").
+template <class T>
+void yread_o(const YAML::Node& m, const char* key, T& out, std::string_view source, bool required,
+             std::map<std::string, std::string>& origin, const char* field = nullptr) {
+  const bool have = yget(m, key).has_value();
+  yread(m, key, out, source, required);
+  const std::string f = field ? field : key;
+  if (have) origin[f] = std::string(source);
+  else if (!origin.count(f)) origin[f] = "default";
+}
 
 inline std::vector<int> expand_moe_layer_freq(const YAML::Node& n, std::int64_t num_layers, std::string_view source) {
   std::vector<int> out;
@@ -220,14 +255,26 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   else yread(m, "layernorm_epsilon", c.norm_epsilon, source, false);
   yread(m, "untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights, source, false);
   yread(m, "qk_layernorm", c.qk_layernorm, source, false);
-  yread(m, "moe_router_topk", c.moe_router_topk, source, false);
-  yread(m, "moe_router_num_groups", c.moe_router_num_groups, source, false);
-  yread(m, "moe_router_group_topk", c.moe_router_group_topk, source, false);
-  yread(m, "moe_router_topk_scaling_factor", c.moe_router_topk_scaling_factor, source, false);
-  yread(m, "moe_router_score_function", c.moe_router_score_function, source, false);
-  yread(m, "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, source, false);
-  yread(m, "rotary_base", c.rotary_base, source, false);
-  yread(m, "max_position_embeddings", c.max_position_embeddings, source, false);
+  auto& og = c.origin;
+  for (const char* k : {"num_layers", "hidden_size", "num_attention_heads", "vocab_size", "moe_layer_freq"})
+    og[k] = std::string(source);
+  for (const char* k : {"ffn_hidden_size", "num_query_groups", "num_experts", "moe_ffn_hidden_size",
+                        "moe_shared_expert_intermediate_size", "q_lora_rank", "kv_lora_rank", "qk_head_dim",
+                        "qk_pos_emb_head_dim", "v_head_dim", "kv_channels", "mtp_num_layers",
+                        "untie_embeddings_and_output_weights", "qk_layernorm"})
+    og[k] = detail::yget(m, k) ? std::string(source) : std::string("default");
+  if (detail::yget(m, "num_query_groups") == std::nullopt) og["num_query_groups"] = std::string(source) + " (num_attention_heads)";
+  og["norm_epsilon"] = detail::yget(m, "norm_epsilon") || detail::yget(m, "layernorm_epsilon") ? std::string(source) : "default";
+  using detail::yread_o;
+  yread_o(m, "moe_router_topk", c.moe_router_topk, source, false, og);
+  yread_o(m, "moe_router_num_groups", c.moe_router_num_groups, source, false, og);
+  yread_o(m, "moe_router_group_topk", c.moe_router_group_topk, source, false, og);
+  yread_o(m, "moe_router_topk_scaling_factor", c.moe_router_topk_scaling_factor, source, false, og);
+  yread_o(m, "moe_router_score_function", c.moe_router_score_function, source, false, og);
+  yread_o(m, "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, source, false, og);
+  yread_o(m, "rotary_base", c.rotary_base, source, false, og);
+  yread_o(m, "max_position_embeddings", c.max_position_embeddings, source, false, og);
+  og["rope_scaling"] = detail::yget(m, "rope_type") || detail::yget(m, "rotary_scaling_factor") ? std::string(source) : "default";
   if (auto rt = detail::yget(m, "rope_type"); (!rt && !mla) ||
                                               (rt && detail::yas<std::string>(*rt, source, "rope_type") != "yarn")) {
     c.rope_scaling.reset();  // YaRN is DeepSeek's default only
@@ -247,6 +294,7 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
     detail::yread(m, "first_k_dense_replace", k, source, false);
     for (std::int64_t i = 0; i < c.num_layers; ++i) c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k ? 1 : 0);
   }
+  c.resolve_router_defaults();
   c.validate(source);
   return c;
 }
@@ -321,6 +369,31 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   c.mtp_num_layers = jint(*o, "num_nextn_predict_layers", source, 0);
   c.norm_epsilon = jnum(*o, "rms_norm_eps", source, 1e-6);
   c.untie_embeddings_and_output_weights = !jbool(*o, "tie_word_embeddings", source, false);
+  {
+    const std::string src(source);
+    auto mark = [&](const char* field, const char* key) { c.origin[field] = jget(*o, key) ? src : "default"; };
+    for (const char* f : {"num_layers", "hidden_size", "vocab_size", "num_attention_heads"}) c.origin[f] = src;
+    mark("ffn_hidden_size", "intermediate_size");
+    mark("moe_ffn_hidden_size", "moe_intermediate_size");
+    mark("num_experts", "n_routed_experts");
+    mark("moe_shared_expert_intermediate_size", "n_shared_experts");
+    mark("num_query_groups", "num_key_value_heads");
+    mark("mtp_num_layers", "num_nextn_predict_layers");
+    mark("norm_epsilon", "rms_norm_eps");
+    mark("untie_embeddings_and_output_weights", "tie_word_embeddings");
+    mark("moe_router_topk", "num_experts_per_tok");
+    mark("moe_router_num_groups", "n_group");
+    mark("moe_router_group_topk", "topk_group");
+    mark("moe_router_topk_scaling_factor", "routed_scaling_factor");
+    mark("moe_router_score_function", "scoring_func");
+    mark("moe_router_enable_expert_bias", "topk_method");
+    mark("rotary_base", "rope_theta");
+    mark("max_position_embeddings", "max_position_embeddings");
+    mark("rope_scaling", "rope_scaling");
+    mark("moe_layer_freq", "first_k_dense_replace");
+    for (const char* f : {"q_lora_rank", "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim", "kv_channels"})
+      c.origin[f] = src;
+  }
   c.moe_router_topk = jint(*o, "num_experts_per_tok", source, c.moe_router_topk);
   c.moe_router_num_groups = jint(*o, "n_group", source, c.moe_router_num_groups);
   c.moe_router_group_topk = jint(*o, "topk_group", source, c.moe_router_group_topk);
@@ -347,8 +420,65 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   if (freq <= 0) fail(source, ": key 'moe_layer_freq': must be > 0, got ", freq);
   for (std::int64_t i = 0; i < c.num_layers; ++i)
     c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k && i % freq == 0 ? 1 : 0);
+  c.resolve_router_defaults();
   c.validate(source);
   return c;
+}
+
+// The values of an official HF config.json that only go into a written config.json (router,
+// rope, positions, norm epsilon) replace the model YAML's; architecture values must agree.
+inline void take_output_values(ModelConfig& c, const ModelConfig& hf) {
+  auto take = [&](const char* field, auto& dst, const auto& src) {
+    if (hf.is_default(field)) return;
+    dst = src;
+    c.origin[field] = hf.origin_of(field);
+  };
+  take("moe_router_topk", c.moe_router_topk, hf.moe_router_topk);
+  take("moe_router_num_groups", c.moe_router_num_groups, hf.moe_router_num_groups);
+  take("moe_router_group_topk", c.moe_router_group_topk, hf.moe_router_group_topk);
+  take("moe_router_topk_scaling_factor", c.moe_router_topk_scaling_factor, hf.moe_router_topk_scaling_factor);
+  take("moe_router_score_function", c.moe_router_score_function, hf.moe_router_score_function);
+  take("moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, hf.moe_router_enable_expert_bias);
+  take("rotary_base", c.rotary_base, hf.rotary_base);
+  take("max_position_embeddings", c.max_position_embeddings, hf.max_position_embeddings);
+  take("rope_scaling", c.rope_scaling, hf.rope_scaling);
+  take("norm_epsilon", c.norm_epsilon, hf.norm_epsilon);
+  c.resolve_router_defaults();
+}
+
+// For --dry-run: where each top-level value of a written config.json came from.
+inline std::vector<std::pair<std::string, std::string>> config_json_origins(std::string_view json,
+                                                                           const ModelConfig& c) {
+  static const std::map<std::string, std::string> field_of{
+      {"hidden_size", "hidden_size"}, {"num_hidden_layers", "num_layers"}, {"intermediate_size", "ffn_hidden_size"},
+      {"moe_intermediate_size", "moe_ffn_hidden_size"}, {"n_routed_experts", "num_experts"},
+      {"n_shared_experts", "moe_shared_expert_intermediate_size"}, {"first_k_dense_replace", "moe_layer_freq"},
+      {"kv_lora_rank", "kv_lora_rank"}, {"q_lora_rank", "q_lora_rank"}, {"qk_nope_head_dim", "qk_head_dim"},
+      {"qk_rope_head_dim", "qk_pos_emb_head_dim"}, {"v_head_dim", "v_head_dim"}, {"head_dim", "kv_channels"},
+      {"num_attention_heads", "num_attention_heads"}, {"num_key_value_heads", "num_query_groups"},
+      {"num_nextn_predict_layers", "mtp_num_layers"}, {"vocab_size", "vocab_size"},
+      {"tie_word_embeddings", "untie_embeddings_and_output_weights"}, {"num_experts_per_tok", "moe_router_topk"},
+      {"n_group", "moe_router_num_groups"}, {"topk_group", "moe_router_group_topk"},
+      {"routed_scaling_factor", "moe_router_topk_scaling_factor"}, {"scoring_func", "moe_router_score_function"},
+      {"topk_method", "moe_router_enable_expert_bias"}, {"rope_theta", "rotary_base"},
+      {"max_position_embeddings", "max_position_embeddings"}, {"rope_scaling", "rope_scaling"},
+      {"rms_norm_eps", "norm_epsilon"}};
+  const rapidjson::Document doc = detail::parse_json(json, "config.json");
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
+    const std::string key = it->name.GetString();
+    std::string from;
+    if (auto f = field_of.find(key); f != field_of.end()) {
+      from = c.origin_of(f->second);
+      if (from == "default") from = "ckbridge's default for " + f->second;
+    } else if (key == "torch_dtype" || key == "quantization_config") {
+      from = "the conversion (output dtype / FP8 flags)";
+    } else {
+      from = "fixed by the model's config.json writer";
+    }
+    out.emplace_back(key, from);
+  }
+  return out;
 }
 
 

@@ -18,9 +18,10 @@ namespace ckbridge::convert {
 
 class McoreCheckpoint {
 public:
+  // `path`: the root, an iteration directory or a directory of mp_rank_* directories.
   // `second_index_is_ep`: names like mp_rank_TT_NNN carry the EP rank (PP 1, EP > 1), not the PP rank.
-  explicit McoreCheckpoint(const std::filesystem::path& root, bool second_index_is_ep = false)
-      : dir_(format::open_megatron_checkpoint(root, -1, second_index_is_ep)) {}
+  explicit McoreCheckpoint(const std::filesystem::path& path, bool second_index_is_ep = false)
+      : dir_(format::open_megatron_checkpoint_at(path, second_index_is_ep)) {}
 
   const format::MegatronCheckpointDir& dir() const { return dir_; }
 

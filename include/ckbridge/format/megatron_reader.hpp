@@ -164,6 +164,57 @@ inline void resolve_rank_axes(MegatronCheckpointDir& c, bool second_index_is_ep)
            " map to the same (tp, pp, ep) rank");
 }
 
+namespace detail {
+// Fills c.ranks from the mp_rank_* directories of c.iter_dir and resolves their axes.
+inline void scan_rank_dirs(MegatronCheckpointDir& c, bool second_index_is_ep) {
+  namespace fs = std::filesystem;
+  std::size_t arity = 0;
+  for (const auto& e : fs::directory_iterator(c.iter_dir)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    auto idx = parse_mp_rank_name(name);
+    if (!idx) {
+      if (name.rfind("mp_rank_", 0) == 0) fail(e.path().string(), ": malformed mp_rank directory name");
+      continue;
+    }
+    if (arity && idx->size() != arity)
+      fail(c.iter_dir.string(), ": mixed mp_rank name forms (", name, " has ", idx->size(), " indices, others ", arity, ")");
+    arity = idx->size();
+    MpRankDir r;
+    r.name = name;
+    r.dir = e.path();
+    r.indices = std::move(*idx);
+    c.ranks.push_back(std::move(r));
+  }
+  if (c.ranks.empty()) {
+    if (fs::exists(c.iter_dir / "metadata.json") || fs::exists(c.iter_dir / ".metadata"))
+      fail(c.iter_dir.string(), ": torch_dist/DCP checkpoint, not the legacy torch format");
+    fail(c.iter_dir.string(), ": no mp_rank_* directories");
+  }
+  for (const auto& r : c.ranks)
+    if (!fs::is_regular_file(r.model_file())) fail(r.model_file().string(), ": missing (rank directory without its checkpoint file)");
+  resolve_rank_axes(c, second_index_is_ep);
+}
+
+// "release" -> (true, 0); "iter_0000123" -> (false, 123); anything else -> nullopt.
+inline std::optional<std::pair<bool, std::int64_t>> parse_iteration_dir_name(std::string_view n) {
+  if (n == "release") return std::pair<bool, std::int64_t>{true, 0};
+  if (n.substr(0, 5) != "iter_" || n.size() < 6) return std::nullopt;
+  std::int64_t it = 0;
+  const auto digits = n.substr(5);
+  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), it);
+  if (ec != std::errc{} || p != digits.data() + digits.size() || it < 0) return std::nullopt;
+  return std::pair<bool, std::int64_t>{false, it};
+}
+
+inline bool has_mp_rank_dirs(const std::filesystem::path& d) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(d, ec))
+    if (e.is_directory() && parse_mp_rank_name(e.path().filename().string())) return true;
+  return false;
+}
+}  // namespace detail
+
 // Opens a legacy checkpoint directory. `iteration` overrides the tracker file (-1: use it).
 // Two-number rank names are taken as (tp, pp) unless `second_index_is_ep`.
 inline MegatronCheckpointDir open_megatron_checkpoint(const std::filesystem::path& root, std::int64_t iteration = -1,
@@ -197,34 +248,47 @@ inline MegatronCheckpointDir open_megatron_checkpoint(const std::filesystem::pat
     std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(c.iteration));
     c.iter_dir = root / buf;
   }
-  if (!fs::is_directory(c.iter_dir)) fail(c.iter_dir.string(), ": checkpoint directory named by the tracker is missing");
-  std::size_t arity = 0;
-  for (const auto& e : fs::directory_iterator(c.iter_dir)) {
-    if (!e.is_directory()) continue;
-    const std::string name = e.path().filename().string();
-    auto idx = parse_mp_rank_name(name);
-    if (!idx) {
-      if (name.rfind("mp_rank_", 0) == 0) fail(e.path().string(), ": malformed mp_rank directory name");
-      continue;
-    }
-    if (arity && idx->size() != arity)
-      fail(c.iter_dir.string(), ": mixed mp_rank name forms (", name, " has ", idx->size(), " indices, others ", arity, ")");
-    arity = idx->size();
-    MpRankDir r;
-    r.name = name;
-    r.dir = e.path();
-    r.indices = std::move(*idx);
-    c.ranks.push_back(std::move(r));
+  if (!fs::is_directory(c.iter_dir)) {
+    std::string others;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (e.is_directory() && detail::parse_iteration_dir_name(e.path().filename().string()))
+        others += (others.empty() ? "" : ", ") + e.path().filename().string();
+    fail(c.iter_dir.string(), ": checkpoint directory named by the tracker is missing",
+         others.empty() ? std::string() : " (the root holds " + others + "; pass one of them as the path)");
   }
-  if (c.ranks.empty()) {
-    if (fs::exists(c.iter_dir / "metadata.json") || fs::exists(c.iter_dir / ".metadata"))
-      fail(c.iter_dir.string(), ": torch_dist/DCP checkpoint, not the legacy torch format");
-    fail(c.iter_dir.string(), ": no mp_rank_* directories");
-  }
-  for (const auto& r : c.ranks)
-    if (!fs::is_regular_file(r.model_file())) fail(r.model_file().string(), ": missing (rank directory without its checkpoint file)");
-  resolve_rank_axes(c, second_index_is_ep);
+  detail::scan_rank_dirs(c, second_index_is_ep);
   return c;
+}
+
+// Opens a legacy checkpoint from any of the paths a user may give: the root holding
+// latest_checkpointed_iteration.txt (the tracker picks the iteration), an iteration directory
+// (`release/`, `iter_NNNNNNN/`: that one, whatever the tracker says) or any directory holding
+// mp_rank_* directories directly.
+inline MegatronCheckpointDir open_megatron_checkpoint_at(const std::filesystem::path& path,
+                                                         bool second_index_is_ep = false) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(path)) fail(path.string(), ": not a directory");
+  if (fs::exists(path / "latest_checkpointed_iteration.txt")) return open_megatron_checkpoint(path, -1, second_index_is_ep);
+  const fs::path abs = fs::absolute(path).lexically_normal();
+  const fs::path dir = abs.has_filename() ? abs : abs.parent_path();
+  if (detail::has_mp_rank_dirs(dir)) {
+    MegatronCheckpointDir c;
+    c.iter_dir = dir;
+    c.root = dir.parent_path();
+    if (auto it = detail::parse_iteration_dir_name(dir.filename().string())) {
+      c.release = it->first;
+      c.iteration = it->second;
+    } else {
+      c.release = true;
+    }
+    detail::scan_rank_dirs(c, second_index_is_ep);
+    return c;
+  }
+  if (fs::exists(path / "metadata.json") || fs::exists(path / ".metadata"))
+    fail(path.string(), ": torch_dist/DCP checkpoint, not the legacy torch format");
+  fail(path.string(), ": not a Megatron legacy checkpoint: no latest_checkpointed_iteration.txt and no mp_rank_* "
+       "directories (give the checkpoint root, or its release/ or iter_NNNNNNN/ directory)");
 }
 
 // ---------------------------------------------------------------- one model_optim_rng.pt
@@ -255,6 +319,9 @@ struct MegatronRankFile {
   std::optional<double> checkpoint_version;
   std::optional<std::int64_t> iteration;
   std::vector<ModelStateDict> models;             // "model" or "model0", "model1", ... in order
+  // Other top-level entries (a training checkpoint's optimizer, opt_param_scheduler, rng_state,
+  // num_floating_point_operations_so_far, ...): parsed but not interpreted.
+  std::vector<std::string> other_keys;
 
   const std::string& file_name() const { return file->file_name(); }
   pickle::ObjectPtr arg(std::string_view name) const {
@@ -322,6 +389,14 @@ inline MegatronRankFile load_megatron_rank_file(const std::filesystem::path& pat
       read_model(key, *mk);
     }
   }
+  for (const auto& [k, v] : root.dict) {
+    if (k->kind != Kind::Str) continue;
+    const std::string& n = k->s;
+    if (n == "args" || n == "checkpoint_version" || n == "iteration") continue;
+    bool model = false;
+    for (const auto& m : f.models) model = model || m.key == n;
+    if (!model) f.other_keys.push_back(n);
+  }
   return f;
 }
 
@@ -351,7 +426,8 @@ inline std::optional<std::span<const std::byte>> extra_state_bytes(const Megatro
 // the second number is EP when pipeline_model_parallel_size is 1 and expert_model_parallel_size > 1.
 inline void resolve_rank_axes(MegatronCheckpointDir& c, const MegatronRankFile& any_rank) {
   const auto pp = any_rank.arg_int("pipeline_model_parallel_size").value_or(1);
-  const auto ep = any_rank.arg_int("expert_model_parallel_size").value_or(1);
+  // Megatron-LM's name, then LoongForge's
+  const auto ep = any_rank.arg_int("expert_model_parallel_size").value_or(any_rank.arg_int("expert_parallel_size").value_or(1));
   resolve_rank_axes(c, pp == 1 && ep > 1);
 }
 
