@@ -10,6 +10,9 @@
 # CKBRIDGE_BUILD  a ckbridge build tree with examples/deepseek_v3_convert and deepseek_v3_make_tiny
 # WORK            scratch directory, emptied first (default: a new temporary directory)
 # Environment: LAYOUTS="name ..." runs only the named layouts (names as in the table).
+# Takes about 8 minutes on 2 CPU cores (mostly Python start-up of LoongForge's 18 runs).
+# Setup, e.g.: git clone https://github.com/baidu-baige/LoongForge && git -C LoongForge checkout c6275661
+#   python3 -m venv lfvenv && lfvenv/bin/pip install torch transformers safetensors hydra-core omegaconf psutil
 #
 # What it does:
 #  1. ckbridge's generator writes the small DeepSeek-V3-architecture BF16 HF checkpoint
@@ -32,7 +35,7 @@
 #  4. Prints a table and exits 0 only when every layout passed every check.
 set -u
 if [ $# -lt 3 ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 LF=$(cd "$1" && pwd) || exit 2
@@ -126,6 +129,18 @@ add tp1_pp2_ep4_custom31_seq "--tensor_model_parallel_size=1 --pipeline_model_pa
 add tp2_ep2_etp2_grouped "--tensor_model_parallel_size=2 --expert_parallel_size=2 --expert_tensor_parallel_size=2 --moe-grouped-gemm"
 add tp1_pp2_vpp2_ep2_grouped "--tensor_model_parallel_size=1 --pipeline_model_parallel_size=2 --num-virtual-stages-per-pipeline-rank=2 --expert_parallel_size=2 --moe-grouped-gemm"
 add tp4_ep4_etp1_grouped "--tensor_model_parallel_size=4 --expert_parallel_size=4 --expert_tensor_parallel_size=1 --moe-grouped-gemm"
+# cases that stress layout inference: mp_rank_TT_NNN counting PP stages (EP 1), not EP ranks as in
+# tp2_ep2_etp2; DualPipeV order; a Megatron layout string (LoongForge records it in args together
+# with the custom_pipeline_layers it derives); uneven first or last stage under DualPipeV.
+# Not here, because LoongForge c6275661 itself cannot write them: a split whose last virtual
+# partition holds only the MTP block (layout 'Ett|t|t|mL', or DualPipeV with
+# --decoder-first-pipeline-num-layers=1): LoongForge writes no decoder.final_layernorm at all, so no
+# reader can rebuild model.norm.weight (ckbridge refuses naming the missing tensor); and first and
+# last stage sizes together at PP 2 (ZeroDivisionError in LoongForge's uneven_vpp_partition).
+add tp2_pp2_ep1_seq "--tensor_model_parallel_size=2 --pipeline_model_parallel_size=2 --expert_parallel_size=1"
+add pp2_vpp2_dualpipev_ep2 "--pipeline_model_parallel_size=2 --num-virtual-stages-per-pipeline-rank=2 --vpp-scheduler=dualpipev --expert_parallel_size=2 --moe-grouped-gemm"
+add pp2_layout_Et_t_t_tmL_ep2 "--pipeline_model_parallel_size=2 --pipeline_model_parallel_layout=Et|t|t|tmL --expert_parallel_size=2 --moe-grouped-gemm"
+add pp2_vpp2_dpv_last1_ep2 "--pipeline_model_parallel_size=2 --num-virtual-stages-per-pipeline-rank=2 --vpp-scheduler=dualpipev --decoder-last-pipeline-num-layers=1 --expert_parallel_size=2"
 
 status=0
 rows=()
