@@ -217,7 +217,7 @@ for i in "${!NAMES[@]}"; do
     ok=0
   fi
   [ $ok -eq 1 ] || status=1
-  rows+=("$(printf '| %-24s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |' "$name" "rc $lf_rc ($n_lf files)" "$vs" \
+  rows+=("$(printf '| %-25s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |' "$name" "rc $lf_rc ($n_lf files)" "$vs" \
     "$lf_reads" "$with" "$without" "$same_with" "$same_without" "$([ $ok -eq 1 ] && echo PASS || echo FAIL)")")
 done
 
@@ -228,9 +228,9 @@ echo
 echo "LoongForge HF -> MCore; ckbridge HF -> MCore compared with it; LoongForge MCore -> HF on ckbridge's files"
 echo "(tensors compared with the source); ckbridge MCore -> HF on LoongForge's files with the layout flags (w)"
 echo "and without any (wo): HF files identical = cmp with the source, every shard + index + config.json"
-printf '| %-24s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |\n' layout "LoongForge" \
+printf '| %-25s | %-14s | %-44s | %-9s | %-8s | %-8s | %-10s | %-10s | %-4s |\n' layout "LoongForge" \
   "ckbridge HF->MCore vs LoongForge's MCore" "LF reads" "ck w" "ck wo" "HF same w" "HF same wo" ""
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..26})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..46})" \
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..27})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..46})" \
   "$(printf -- '-%.0s' {1..11})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..12})" \
   "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..6})"
 printf '%s\n' "${rows[@]}"
