@@ -8,7 +8,8 @@
 # LOONGFORGE_SRC  a checkout of LoongForge (the run records its commit when it is a git checkout)
 # PYTHON          the Python that runs LoongForge and the comparison helper (compare_mcore.py)
 # CKBRIDGE_BUILD  a ckbridge build tree with examples/deepseek_v3_convert and deepseek_v3_make_tiny
-# WORK            scratch directory, emptied first (default: a new temporary directory)
+# WORK            scratch directory: new, empty, or one this script made (then emptied first);
+#                 default: a new temporary directory
 # Environment: LAYOUTS="name ..." runs only the named layouts (names as in the table).
 # Takes about 8 minutes on 2 CPU cores (mostly Python start-up of LoongForge's 18 runs).
 # Setup, e.g.: git clone https://github.com/baidu-baige/LoongForge && git -C LoongForge checkout c6275661
@@ -35,7 +36,7 @@
 #  4. Prints a table and exits 0 only when every layout passed every check.
 set -u
 if [ $# -lt 3 ]; then
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 LF=$(cd "$1" && pwd) || exit 2
@@ -45,7 +46,13 @@ cd "$(dirname "$0")/../.." || exit 2
 REPO=$PWD
 WORK=${4:-$(mktemp -d)}
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd) || exit 2
+# emptied only when it is empty already or an earlier run of this script made it
+if [ -n "$(ls -A "$WORK")" ] && [ ! -e "$WORK/.loongforge_interop" ]; then
+  echo "WORK $WORK is not empty and was not made by this script; give a new or empty directory"
+  exit 2
+fi
 rm -rf "${WORK:?}"/*
+touch "$WORK/.loongforge_interop"
 HERE=$REPO/tests/interop
 CONV=$BUILD/examples/deepseek_v3_convert
 MAKE_TINY=$BUILD/examples/deepseek_v3_make_tiny
