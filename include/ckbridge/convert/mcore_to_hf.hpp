@@ -57,6 +57,18 @@ public:
       for (const MappedFile* m : maps)
         if (m) m->release(0, m->size());
     };
+    // Planning reads only FP8 scales (power-of-two check): no read-ahead around those small reads
+    // while any copy of this object lives; afterwards normal access, and the pages read dropped.
+    for (const MappedFile* m : maps)
+      if (m) m->advise_random(0, m->size());
+    random_access_ = std::shared_ptr<int>(new int(0), [maps](int* token) {
+      delete token;
+      for (const MappedFile* m : maps)
+        if (m) {
+          m->advise_normal(0, m->size());
+          m->release(0, m->size());
+        }
+    });
   }
 
   bool any_fp8() const { return any_fp8_; }
@@ -127,6 +139,7 @@ private:
   PipelinePlan pp_;
   McoreFileLayout files_;
   bool any_fp8_ = false, all_pow2_ = true;
+  std::shared_ptr<int> random_access_;  // restores normal access when the last copy goes
 };
 
 // MCore -> MCore: read one layout, write another (no HF files, no full model in memory; FP8
