@@ -20,6 +20,7 @@
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
 #include "ckbridge/format/manifest.hpp"
+#include "ckbridge/core/proc_memory.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "../common/models.hpp"
@@ -82,7 +83,8 @@ void print_files(const convert::Plan& plan) {
   for (const auto& f : plan.files) {
     std::size_t n = 0;
     for (const auto& e : f.entries) n += e.kind == convert::EntryKind::None ? 0 : 1;
-    std::printf("  %-48s %5zu tensors %10.3f MB\n", f.rel.string().c_str(), n, double(f.bytes()) / 1e6);
+    std::printf("  %-48s %5zu tensors %10.3f MB (%llu bytes)\n", f.rel.string().c_str(), n, double(f.bytes()) / 1e6,
+                static_cast<unsigned long long>(f.bytes()));
     if (f.format == convert::FileFormat::TorchSave) ++per_stage[f.pp];
   }
   for (const auto& [p, n] : per_stage) std::printf("plan: pipeline stage %d: %d rank files\n", p, n);
@@ -106,6 +108,16 @@ void print_plan(const convert::Plan& plan, int workers) {
   std::printf("plan: source %.3f GB, output %.3f GB, peak working memory %.1f MB with --max_workers %d\n",
               double(plan.source_bytes) / 1e9, double(plan.output_bytes()) / 1e9,
               double(plan.peak_memory(workers)) / 1e6, workers);
+  std::printf("plan: anonymous memory bound %.1f MB (1 GB + 2 x largest tensor %.1f MB; mapped source pages not counted)\n",
+              double(plan.anon_memory_bound()) / 1e6, double(plan.largest_tensor()) / 1e6);
+}
+
+// This process's memory now: anonymous apart from mapped file pages, and the peak resident set.
+void print_memory(const char* when) {
+  const ProcMemory m = proc_memory();
+  if (!m.valid) return;
+  std::printf("memory %s: RssAnon %.1f MB, RssFile %.1f MB, peak RSS (VmHWM) %.1f MB\n", when, double(m.rss_anon) / 1e6,
+              double(m.rss_file) / 1e6, double(m.hwm) / 1e6);
 }
 
 }  // namespace
@@ -322,6 +334,7 @@ int main(int argc, char** argv) {
         if (rel == "config.json")
           for (const auto& [key, from] : config::config_json_origins(text, mc))
             std::printf("  config.json %-32s from %s\n", key.c_str(), from.c_str());
+      print_memory("after planning");
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
@@ -406,6 +419,7 @@ int main(int argc, char** argv) {
                                       &state, write_manifest);
     std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
                 res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
+    print_memory("at the end");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", e.what());

@@ -56,7 +56,10 @@ inline std::shared_ptr<LogicalSource> hf_source(const safetensors::Checkpoint& c
       quant::check_scale_shape(sk, mn.m, mn.n, s.shape);
       if (s.dtype != DType::F32) fail(ck.directory().string(), ": scale '", sk, "' is ", s.dtype, ", expected F32");
       const AnyConstView trimmed = s.slice(1, 0, quant::block_count(mn.n));
-      src->pow2 = src->pow2 && quant::is_power_of_two(trimmed, mn.m, mn.n, sk);
+      if (src->pow2) {
+        src->pow2 = quant::is_power_of_two(trimmed, mn.m, mn.n, sk);
+        ck.locate(sk).file.mapped().release_at(s.data, s.size_bytes());  // the plan keeps no source pages
+      }
       scales.push_back(trimmed);
       src->fp8_pieces.push_back({parts[i], trimmed, region_map(layout::Box{src->data[i].origin, parts[i].shape})});
       plan.consume(sk);
@@ -295,21 +298,57 @@ template <class Model>
 Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, const ModelShape& shape,
                       const ConvertOptions& o) {
   Plan plan;
+  // Planning reads only FP8 scales (is their every block a power of two?): small scattered reads,
+  // which must not pull in the read-ahead around each (MBs of weights per scale tensor).
+  struct RandomAccess {
+    const safetensors::Checkpoint& ck;
+    explicit RandomAccess(const safetensors::Checkpoint& c) : ck(c) {
+      for (std::size_t i = 0; i < ck.num_files(); ++i) ck.file(i).mapped().advise_random(0, ck.file(i).mapped().size());
+    }
+    ~RandomAccess() {
+      for (std::size_t i = 0; i < ck.num_files(); ++i) {
+        ck.file(i).mapped().advise_normal(0, ck.file(i).mapped().size());
+        ck.file(i).mapped().release(0, ck.file(i).mapped().size());  // the scale pages read
+      }
+    }
+  } random_access(ck);
   for (const auto& n : ck.names()) plan.source_tensors.insert(n);
   plan.source_bytes = ck.total_size();
-  plan_to_mcore<Model>(plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
-    return std::shared_ptr<const LogicalSource>(hf_source(ck, nm, hf_keys(nm, in), pl));
-  });
+  for (const auto& n : ck.names()) plan.largest_source_tensor = std::max<std::uint64_t>(plan.largest_source_tensor, ck.view(n).size_bytes());
   // DeepSeek's MTP blocks carry copies of the embedding and output layer in HF; MCore uses the
-  // main ones. They must equal the originals (else information would be lost).
+  // main ones. The copies must equal the originals (else information would be lost): dtype and
+  // shape are checked here, the bytes while the originals stream (LogicalSource::must_equal), so
+  // planning reads no tensor data.
+  std::map<std::string, std::vector<std::string>> copies_of;  // original -> its copies
   for (const auto& [copy_key, orig_key] : mtp_copy_keys<Model>(nm, shape)) {
     if (!ck.contains(copy_key)) continue;
+    if (!ck.contains(orig_key))
+      fail(ck.directory().string(), ": '", copy_key, "' is a copy of '", orig_key, "', which is missing");
     const AnyConstView a = ck.view(copy_key), b = ck.view(orig_key);
-    if (a.dtype != b.dtype || a.shape != b.shape || std::memcmp(a.data, b.data, a.size_bytes()) != 0)
-      fail(ck.directory().string(), ": '", copy_key, "' differs from '", orig_key,
-           "'; MCore keeps only one copy, so converting would lose it");
+    if (a.dtype != b.dtype || a.shape != b.shape)
+      fail(ck.directory().string(), ": '", copy_key, "' (", a.dtype, " ", shape_str(a.shape), ") differs from '",
+           orig_key, "' (", b.dtype, " ", shape_str(b.shape), "); MCore keeps only one copy, so converting would lose it");
+    copies_of[orig_key].push_back(copy_key);
     plan.consume(copy_key);
   }
+  std::set<std::string> checked;  // originals whose copies some producer compares
+  plan_to_mcore<Model>(plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
+    const std::vector<std::string> keys = hf_keys(nm, in);
+    auto src = hf_source(ck, nm, keys, pl);
+    for (const auto& k : keys) {
+      auto it = copies_of.find(k);
+      if (it == copies_of.end()) continue;
+      if (keys.size() != 1 || src->fp8)
+        fail("internal: tensor '", k, "' has MTP copies but is read as part of ", keys.size(), " tensors",
+             src->fp8 ? " (FP8)" : "");
+      for (const auto& c : it->second) src->must_equal.push_back({c, ck.view(c)});
+      checked.insert(k);
+    }
+    return std::shared_ptr<const LogicalSource>(src);
+  });
+  for (const auto& [orig, copies] : copies_of)
+    if (!checked.count(orig))
+      fail("internal: no output tensor reads '", orig, "', so its copy '", copies.front(), "' would go unchecked");
   plan.check_coverage();
   plan.release_sources = [&ck] {
     for (std::size_t i = 0; i < ck.num_files(); ++i) ck.file(i).mapped().release(0, ck.file(i).mapped().size());

@@ -57,6 +57,18 @@ public:
       for (const MappedFile* m : maps)
         if (m) m->release(0, m->size());
     };
+    // Planning reads only FP8 scales (power-of-two check): no read-ahead around those small reads
+    // while any copy of this object lives; afterwards normal access, and the pages read dropped.
+    for (const MappedFile* m : maps)
+      if (m) m->advise_random(0, m->size());
+    random_access_ = std::shared_ptr<int>(new int(0), [maps](int* token) {
+      delete token;
+      for (const MappedFile* m : maps)
+        if (m) {
+          m->advise_normal(0, m->size());
+          m->release(0, m->size());
+        }
+    });
   }
 
   bool any_fp8() const { return any_fp8_; }
@@ -141,6 +153,7 @@ private:
   McoreFileLayout files_;
   bool any_fp8_ = false, all_pow2_ = true;
   std::map<const LogicalSource*, std::vector<std::shared_ptr<const LogicalSource>>> copies_;
+  std::shared_ptr<int> random_access_;  // restores normal access when the last copy goes
 };
 
 // Wraps `e`'s producer so that every copy of its source (held by other pipeline stages) is

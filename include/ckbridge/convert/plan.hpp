@@ -85,6 +85,7 @@ struct Plan {
   std::map<std::string, int> consumed;
   std::vector<std::string> notes;  // decisions worth telling the user (deviations, requantization)
   std::uint64_t source_bytes = 0;
+  std::uint64_t largest_source_tensor = 0;  // bytes of the largest source tensor (0: unknown)
   std::vector<std::shared_ptr<const void>> keep_alive;  // source files the producers read from
   // Drops the source mappings' resident pages (they re-fault from the page cache if read again),
   // so the process's RSS tracks its working memory, not the bytes it has streamed.
@@ -112,6 +113,17 @@ struct Plan {
     for (std::size_t i = 0; i < s.size() && i < static_cast<std::size_t>(std::max(1, workers)); ++i) n += s[i];
     return n;
   }
+
+  // The bytes of the largest tensor read or written (the memory bound is stated in it).
+  std::uint64_t largest_tensor() const {
+    std::uint64_t m = largest_source_tensor;
+    for (const auto& f : files)
+      for (const auto& e : f.entries) m = std::max(m, e.kind == EntryKind::None ? 0 : e.data.bytes());
+    return m;
+  }
+  // What a run may use in anonymous memory (heap and scratch; mapped source pages are page cache,
+  // not counted): 1 GB of fixed overhead plus twice the largest tensor.
+  std::uint64_t anon_memory_bound() const { return 1000000000ull + 2 * largest_tensor(); }
 
   // Throws unless every source tensor is consumed exactly once.
   void check_coverage() const {

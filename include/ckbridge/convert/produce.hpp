@@ -46,6 +46,15 @@ struct LogicalSource {
     layout::ShardMap map;
   };
   std::vector<Fp8Piece> fp8_pieces;
+  // Tensors of the source that must hold the same bytes as this one but are not written (HF
+  // DeepSeek MTP blocks' copies of the embedding and output layer: MCore keeps one). Compared
+  // while the data streams, not at plan time: every producer compares the region of the full
+  // tensor it reads with the same region of each copy, and fails before its file is committed.
+  struct Copy {
+    std::string name;
+    AnyConstView view;  // same dtype and shape as `full`
+  };
+  std::vector<Copy> must_equal;
 };
 
 // FP8 settings for producers.
@@ -94,6 +103,42 @@ inline AnyConstView gather_into(const LogicalSource& src, const std::vector<Plac
   return scratch.cview();
 }
 
+// Whether two views of the same dtype and shape hold the same bytes (any strides).
+inline bool views_equal(const AnyConstView& a, const AnyConstView& b) {
+  if (a.is_contiguous() && b.is_contiguous()) return std::memcmp(a.data, b.data, a.size_bytes()) == 0;
+  if (a.rank() == 0) return std::memcmp(a.data, b.data, a.element_size()) == 0;
+  auto sub = [](const AnyConstView& v, std::int64_t i) {  // v[i], one dim less
+    const auto es = static_cast<std::int64_t>(v.element_size());
+    return AnyConstView(v.data + i * v.strides[0] * es, v.dtype, Shape(v.shape.begin() + 1, v.shape.end()),
+                        Shape(v.strides.begin() + 1, v.strides.end()));
+  };
+  for (std::int64_t i = 0; i < a.shape[0]; ++i)
+    if (!views_equal(sub(a, i), sub(b, i))) return false;
+  return true;
+}
+
+// The region `box` of the full tensor, from its placed pieces and from each required copy, must
+// match (LogicalSource::must_equal). Reads only what the producer of that region reads anyway,
+// plus the same bytes of the copies.
+inline void check_copies(const LogicalSource& src, const layout::Box& box) {
+  for (const auto& c : src.must_equal)
+    for (const auto& p : src.data) {
+      const layout::Box have{p.origin, p.view.shape};
+      const auto part = layout::intersect(box, have);
+      if (!part) continue;
+      AnyConstView x = p.view, y = c.view;
+      for (std::size_t d = 0; d < part->rank(); ++d) {
+        const std::int64_t b = part->begin[d], e = b + part->extent[d];
+        x = x.slice(d, b - p.origin[d], e - p.origin[d]);
+        y = y.slice(d, b, e);
+      }
+      if (!views_equal(x, y))
+        fail("'", c.name, "' differs from '", src.name, "' (found in ", shape_str(part->begin), " + ",
+             shape_str(part->extent), "); the target keeps only '", src.name,
+             "', so converting would lose the copy's data");
+    }
+}
+
 inline quant::QuantResult quantize_shard(const std::string& name, const AnyConstView& x, const Fp8Settings& s) {
   return quant::quantize(s.method, x,
                          {.amax_epsilon = s.amax_epsilon, .force_pow_2_scales = s.pow2, .layout = s.layout,
@@ -110,7 +155,7 @@ inline bool fp8_direct_ok(const LogicalSource& src, const layout::ShardMap& m) {
 // Builds the entry for target `m` (key and dict filled in by the caller). `target` says whether
 // the output is FP8 (Keep = FP8 if the source is, Quantize = FP8, Dequantize = plain).
 // Returns a description of the path taken in entry.how.
-inline OutEntry make_entry_unlocated(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m,
+inline OutEntry make_entry_unchecked(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m,
                                      bool target_fp8, const Fp8Settings& fs) {
   using namespace produce_detail;
   OutEntry e;
@@ -208,7 +253,6 @@ inline OutEntry make_entry_unlocated(std::shared_ptr<const LogicalSource> src, c
   return e;
 }
 
-
 // The source label of element `idx` of the target `m` (of its 128x128 scale grid when `scale`).
 inline std::string locate_in_source(const LogicalSource& src, const layout::ShardMap& m, Shape idx, bool scale) {
   if (scale)
@@ -227,9 +271,21 @@ inline std::string locate_in_source(const LogicalSource& src, const layout::Shar
   return {};
 }
 
+// make_entry_unchecked, plus the comparison of the source with its required copies (if any) in
+// the data producer: before it returns the bytes, so a file with a differing copy never commits;
+// and `locate`, which names where an element of the output is stored in the source.
 inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layout::ShardMap& m, bool target_fp8,
                            const Fp8Settings& fs) {
-  OutEntry e = make_entry_unlocated(src, m, target_fp8, fs);
+  OutEntry e = make_entry_unchecked(src, m, target_fp8, fs);
+  if (!src->must_equal.empty()) {
+    std::vector<layout::Box> boxes;
+    for (const auto& p : m.pieces)
+      if (!p.is_pad()) boxes.push_back(p.src);
+    e.data.run = [src, boxes, run = std::move(e.data.run)](Tensor& scratch) {
+      for (const auto& b : boxes) produce_detail::check_copies(*src, b);
+      return run(scratch);
+    };
+  }
   e.locate = [src, m](const Shape& idx, bool scale) { return locate_in_source(*src, m, idx, scale); };
   return e;
 }

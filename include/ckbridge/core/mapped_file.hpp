@@ -69,6 +69,20 @@ public:
   void advise_sequential(std::size_t offset, std::size_t len) const { advise(offset, len, MADV_SEQUENTIAL); }
   void advise_willneed(std::size_t offset, std::size_t len) const { advise(offset, len, MADV_WILLNEED); }
   void release(std::size_t offset, std::size_t len) const { advise(offset, len, MADV_DONTNEED); }
+  // Scattered small reads (e.g. only FP8 scales while planning): a page fault reads only its page.
+  // Without it the kernel reads around every fault (the block device's read-ahead, often MBs).
+  void advise_random(std::size_t offset, std::size_t len) const { advise(offset, len, MADV_RANDOM); }
+  void advise_normal(std::size_t offset, std::size_t len) const { advise(offset, len, MADV_NORMAL); }
+  // Drops the resident pages of [p - around, p + len + around) of this mapping, clipped to it
+  // (they re-fault from the page cache). `around` covers pages the kernel mapped next to a fault
+  // (fault-around, 64 KiB by default).
+  void release_at(const void* p, std::size_t len, std::size_t around = 64 << 10) const {
+    const auto* b = static_cast<const std::byte*>(p);
+    if (!data_ || b < data_ || b > data_ + size_) return;
+    const std::size_t off = static_cast<std::size_t>(b - data_);
+    const std::size_t start = off > around ? off - around : 0;
+    release(start, off - start + len + around);
+  }
 
 private:
   void advise(std::size_t offset, std::size_t len, int how) const {

@@ -19,7 +19,11 @@ namespace ckbridge::safetensors {
 class File {
 public:
   explicit File(std::filesystem::path path) : map_(path) {
+    // Opening reads only the header: without read-ahead of the tensor data behind it (the block
+    // device's read-ahead, often MBs per file), then normal access for streaming the tensors.
+    map_.advise_random(0, map_.size());
     header_ = parse_header({map_.data(), map_.size()}, map_.path().string());
+    map_.advise_normal(0, map_.size());
     index_.reserve(header_.tensors.size());
     for (std::size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
   }

@@ -65,7 +65,11 @@ public:
       : file_(std::make_unique<MappedFile>(path)), name_(path.string()) {
     data_ = file_->data();
     size_ = file_->size();
+    // Indexing reads the central directory and every record's local header, scattered over the
+    // file: no read-ahead of the tensor data around each (often MBs), then normal access.
+    file_->advise_random(0, size_);
     index(opts);
+    file_->advise_normal(0, size_);
   }
   // Non-owning: indexes bytes that outlive the reader (nested archives, fuzzing). `name` is
   // used in error messages.
