@@ -3,6 +3,7 @@
 // the `args` Namespace its writer stored (Megatron's and LoongForge's field names) and the tensor
 // names (grouped vs sequential experts). Used so MCore -> HF / MCore -> MCore need no restated
 // source layout, and to refuse flags that contradict the checkpoint.
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@ struct McoreLayout {
   std::optional<std::string> layout;
   std::optional<int> first, last;
   std::optional<int> num_layers, mtp_num_layers;
+  std::optional<std::int64_t> padded_vocab_size;  // args.padded_vocab_size (--pad_vocab_size_to etc.)
   std::vector<std::string> missing;  // args fields that were absent (defaults assumed)
 };
 
@@ -58,6 +60,7 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& root) {
   if (auto v = arg_int(f, "num_virtual_stages_per_pipeline_rank")) l.vpp = static_cast<int>(*v);
   if (auto v = arg_int(f, "num_layers")) l.num_layers = static_cast<int>(*v);
   if (auto v = arg_int(f, "mtp_num_layers")) l.mtp_num_layers = static_cast<int>(*v);
+  if (auto v = arg_int(f, "padded_vocab_size")) l.padded_vocab_size = *v;
   if (auto v = arg_str(f, "custom_pipeline_layers"); v && !v->empty()) l.custom = parse_custom_pipeline_layers(*v);
   if (auto v = arg_str(f, "pipeline_model_parallel_layout"); v && !v->empty()) l.layout = *v;
   if (auto v = arg_str(f, "vpp_scheduler")) l.dualpipev = *v == "dualpipev";

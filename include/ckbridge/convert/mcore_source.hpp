@@ -2,6 +2,7 @@
 // Reading side of an MCore legacy checkpoint for conversion: the rank files of a checkpoint
 // (memory-mapped, parsed once), and the logical source of one parameter instance assembled from
 // its TP shards (zero-copy views into the storage records).
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -56,6 +57,20 @@ struct McoreShard {
   std::optional<AnyConstView> scale;  // F32 [ceil(m/128), ceil(n/128)] (TE padding trimmed)
   std::string where;                  // for messages
 };
+
+// Whether two shards hold the same bytes (data and, for FP8, scales); compared in place where the
+// views are contiguous, through copies otherwise.
+inline bool same_view_bytes(const AnyConstView& a, const AnyConstView& b) {
+  if (a.dtype != b.dtype || a.shape != b.shape) return false;
+  if (a.is_contiguous() && b.is_contiguous())
+    return a.size_bytes() == 0 || std::memcmp(a.data, b.data, a.size_bytes()) == 0;
+  const Tensor ca = Tensor::copy_of(a), cb = Tensor::copy_of(b);
+  return ca.size_bytes() == 0 || std::memcmp(ca.data(), cb.data(), ca.size_bytes()) == 0;
+}
+inline bool same_shard_bytes(const McoreShard& a, const McoreShard& b) {
+  if (a.scale.has_value() != b.scale.has_value() || !same_view_bytes(a.data, b.data)) return false;
+  return !a.scale || same_view_bytes(*a.scale, *b.scale);
+}
 
 inline McoreShard read_mcore_shard(const format::MegatronRankFile& f, const std::string& dict, const std::string& key) {
   const std::string where = f.file_name() + ": " + dict + "/" + key;

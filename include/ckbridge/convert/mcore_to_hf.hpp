@@ -97,6 +97,14 @@ public:
           auto rf = ck.rank_file(f.tp_rank, f.pp_rank, f.ep_rank);
           shards[static_cast<std::size_t>(r)] = read_mcore_shard(*rf, dict, mk.key);
           got[static_cast<std::size_t>(r)] = true;
+        } else if (si > 0 && got[static_cast<std::size_t>(r)]) {
+          // a copy on another stage (the MTP stage's embedding): must equal the one converted
+          auto rf = ck.rank_file(f.tp_rank, f.pp_rank, f.ep_rank);
+          const McoreShard copy = read_mcore_shard(*rf, dict, mk.key);
+          const McoreShard& orig = shards[static_cast<std::size_t>(r)];
+          if (!same_shard_bytes(copy, orig))
+            fail(copy.where, ": differs from the copy it duplicates, ", orig.where,
+                 " (a damaged checkpoint; the two must be identical)");
         }
       }
     }
