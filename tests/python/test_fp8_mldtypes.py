@@ -109,7 +109,9 @@ def reference(x32, dt, eps, pow2, method):
             y = a * C448
             with np.errstate(divide="ignore", over="ignore"):
                 if pow2:
-                    if y == 0:
+                    if not np.isfinite(y):  # NaN / Inf amax: LoongForge's NaN block, te fallback below
+                        scale, mul = F32(np.nan), F32(np.nan)
+                    elif y == 0:
                         scale, mul = F32(0.0), F32(np.inf)
                     else:
                         e = int(math.ceil(float(F32(math.log2(float(y))))))  # correctly rounded float32 log2
