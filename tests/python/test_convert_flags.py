@@ -111,6 +111,9 @@ def check_te_form(path, ver):
     globals_ = [arg for op, arg, _ in ops if op.name == 'GLOBAL']
     strings = [arg for op, arg, _ in ops if op.name in ('BINUNICODE', 'SHORT_BINUNICODE')]
     assert form['enum'].replace(' ', '\n') in [g.replace(' ', '\n') for g in globals_], (ver, globals_)
+    gi = [i for i, (op, arg, _) in enumerate(ops) if op.name == 'GLOBAL' and arg == form['enum']][0]
+    code = next(arg for op, arg, _ in ops[gi + 1:] if op.name in ('BININT1', 'BININT', 'BININT2'))
+    assert code == form['code'], '%s: kFloat8E4M3 pickled as %d, expected %d' % (ver, code, form['code'])
     other = {f['enum'] for f in TE_FORMS.values()} - {form['enum']}
     assert not other & set(globals_), '%s: other DType class pickled: %s' % (ver, other & set(globals_))
     if form['rebuild'] == '_make_in_reduce_ex':  # getattr(Float8BlockwiseQTensor, '_make_in_reduce_ex')
@@ -381,6 +384,64 @@ def run_all(work):
     mcore_case('--fp8_force_no_requant with TP 2 (aligned): accepted, every FP8 block copied', 'fp8',
                dict(BASE, extra=['--fp8_force_no_requant']),
                paths('direct'))
+
+    # --vocab_size: overrides the config's vocabulary size (here a config saying 900 for a 1000-row
+    # embedding); a value that does not match the source is refused, naming the tensor
+    def vocab_size():
+        import yaml
+        with open(E.CFG) as f:
+            y = yaml.safe_load(f)
+        y['vocab_size_in_config_file'] = 900
+        cfg = w('tiny_vocab900.yaml')
+        with open(cfg, 'w') as f:
+            yaml.safe_dump(y, f)
+        old, E.CFG = E.CFG, cfg
+        try:
+            E.refused(src['fp8'], w('vocab_refused'), BASE, ['model.embed_tokens.weight', '900'])
+            L = dict(BASE, extra=['--vocab_size', str(M.V)])
+            out = w('vocab_override')
+            convert(src['fp8'], out, L)
+            E.check_mcore(hf['fp8'], out, L)
+            E.refused(src['fp8'], w('vocab_999'), dict(BASE, extra=['--vocab_size', '999']),
+                      ['model.embed_tokens.weight', '999'])
+        finally:
+            E.CFG = old
+    check('--vocab_size: overrides the config (MCore as expected); a mismatch refused, naming the tensor', vocab_size)
+
+    # --hf_max_shard_size: every shard within the limit unless it holds one tensor; index and tensors exact
+    def shard_size():
+        out = w('hf_2mb')
+        r = E.run([E.CONVERT, '--load_platform', 'mcore', '--save_platform', 'huggingface', '--config_file', E.CFG,
+                   '--convert_file', E.CONV, '--load_ckpt_path', fp8_mc, '--save_ckpt_path', out,
+                   '--hf_max_shard_size', '2MB', '-q'])
+        assert r.returncode == 0
+        import json
+        index = json.load(open(os.path.join(out, 'model.safetensors.index.json')))
+        files = sorted(glob.glob(os.path.join(out, '*.safetensors')))
+        assert len(files) > 1 and set(index['weight_map'].values()) == {os.path.basename(f) for f in files}
+        for f in files:
+            t = E.read_safetensors(f)
+            assert os.path.getsize(f) <= 2_000_000 or len(t) == 1, '%s: %d bytes, %d tensors' % (
+                f, os.path.getsize(f), len(t))
+            for k in t:
+                assert index['weight_map'][k] == os.path.basename(f), k
+        got = read_hf(out)
+        assert set(got) == set(hf['fp8'])
+        for k, (dt, arr) in hf['fp8'].items():
+            assert got[k][0] == dt and got[k][1].tobytes() == arr.tobytes(), '%s differs' % k
+        print('    %d shards of at most 2 MB' % len(files))
+        bad = w('hf_5xb')
+        r = E.run([E.CONVERT, '--load_platform', 'mcore', '--save_platform', 'huggingface', '--config_file', E.CFG,
+                   '--convert_file', E.CONV, '--load_ckpt_path', fp8_mc, '--save_ckpt_path', bad,
+                   '--hf_max_shard_size', '5XB', '-q'], expect_ok=False)
+        assert r.returncode == 1 and '--hf_max_shard_size' in r.stderr and not os.path.exists(bad), r.stderr
+    check('--hf_max_shard_size 2MB: shards within the limit, index consistent, every tensor identical; 5XB refused',
+          shard_size)
+
+    # bad flag values handled by the driver: refused before any output, naming the flag
+    for flag, val in (('--torch_dtype', 'int8'), ('--te_version', '1.9')):
+        check('bad value %s %s: refused, naming the flag' % (flag, val), E.refused, src['fp8'], w('bad' + flag + val),
+              dict(BASE, extra=[flag, val]), [flag])
 
     # MCore sources that must be refused (BF16 files: torch can re-save them without TE)
     last = lambda root: [p for p in rank_paths(root) if '_001' in os.path.basename(os.path.dirname(p))]  # noqa
