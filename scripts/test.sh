@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything, and runs the whole test suite through ctest.
 # Usage: scripts/test.sh [build-dir]   (default: build)
+# After ctest, every fuzz target (tests/fuzz) is built with clang + libFuzzer into <build-dir>/fuzz
+# and run for CKB_FUZZ_SECONDS seconds each (default 30; 0 skips them, and says so).
+# Ends with the list of checks that did not run here (ctest "Not Run" entries and NOT RUN lines of
+# the python tests); a skipped check is never counted as a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 BUILD=${1:-build}
 bash scripts/setup.sh
 JOBS=$(nproc)
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCKB_TEST_PYTHON="$PWD/.venv/bin/python" >/dev/null
 cmake --build "$BUILD" -j"$JOBS"
 cd "$BUILD"
-ctest --output-on-failure -j"$JOBS" --timeout 1200
+rm -f ctest-junit.xml
+set +e
+ctest --output-on-failure -j"$JOBS" --timeout 1200 --output-junit ctest-junit.xml
+rc=$?
+FUZZ_SECONDS=${CKB_FUZZ_SECONDS:-30}
+fuzz_note=""
+if [[ $FUZZ_SECONDS == 0 ]]; then
+  fuzz_note="fuzz targets: NOT RUN (CKB_FUZZ_SECONDS=0)"
+elif ! command -v clang++ >/dev/null; then
+  fuzz_note="fuzz targets: NOT RUN (clang++ not found)"
+else
+  echo "== fuzz targets, ${FUZZ_SECONDS} s each"
+  CKB_FUZZ_BUILD_DIR="$PWD/fuzz" JOBS=$JOBS bash "$ROOT/tests/fuzz/run_fuzzers.sh" "$FUZZ_SECONDS" || rc=1
+fi
+set -e
+python3 "$ROOT/scripts/skipped_checks.py" ctest-junit.xml || true
+[[ -z $fuzz_note ]] || echo "  $fuzz_note"
+exit $rc

@@ -254,6 +254,8 @@ int main(int argc, char** argv) {
       }
     }
     o.torch_dtype = parse_dtype(f.torch_dtype);
+    if (f.dequantize_fp8 && o.torch_dtype == DType::F16)
+      fail("--torch_dtype float16 with --dequantize_fp8: dequantized weights are written as bfloat16 or float32");
     o.hf_max_shard_bytes = parse_size(f.hf_max_shard_size, "--hf_max_shard_size");
     o.max_workers = f.max_workers;
     const format::TeVersion te = parse_te(f.te_version);
@@ -282,6 +284,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "note: %s: skipping the entries that are not weights (%s)\n", src.string().c_str(), keys.c_str());
       }
       convert::ConvertOptions so = o;
+      // the source's vocabulary padding as written (--pad_vocab_size_to / --make_vocab_size_divisible_by)
+      if (have.padded_vocab_size) so.pad_vocab_size_to = *have.padded_vocab_size;
       so.tp = have.tp;
       so.ep = have.ep;
       so.etp = have.etp;

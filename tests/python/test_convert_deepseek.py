@@ -127,6 +127,8 @@ def t2np(t):
         return 'BF16', t.view(torch.int16).numpy().view(np.uint16)
     if t.dtype == torch.float32:
         return 'F32', t.numpy()
+    if t.dtype == torch.float16:
+        return 'F16', t.numpy().view(np.uint16)
     if t.dtype == torch.uint8:
         return 'U8', t.numpy()
     raise AssertionError('unexpected tensor dtype %s' % t.dtype)
@@ -146,11 +148,14 @@ def expand_scale(scale, m, n):
     return np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
 
 
+E4M3_F32 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
+
+
 def dequant(data_u8, scale):
-    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding)."""
+    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding; the code's value from ml_dtypes)."""
     m, n = data_u8.shape
     s = scale[:(m + 127) // 128, :(n + 127) // 128]
-    return data_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32) * expand_scale(s, m, n)
+    return E4M3_F32[data_u8] * expand_scale(s, m, n)
 
 
 def quant_te(x, pow2):
@@ -258,9 +263,46 @@ def aligned(shape, rule, n):
     return (shape[0] // 2 // n) % 128 == 0  # gateup
 
 
+# Options of the layout being computed that change tensor values (set by expected_checkpoint):
+# method / eps (--quant_method, --amax_epsilon), dequantize + torch_dtype (--dequantize_fp8,
+# --torch_dtype), divisible_by / pad_to (--make_vocab_size_divisible_by, --pad_vocab_size_to).
+CUR = {}
+
+
+def quantize(x, pow2):
+    """The quantizer of the current options: TE (numpy port above) or, for --quant_method pt or a
+    non-zero --amax_epsilon, the independent reference of test_fp8_mldtypes (ckbridge's pt emits
+    te's result where LoongForge's pt would give NaN weights)."""
+    method, eps = CUR.get('method', 'te'), CUR.get('eps', 0.0)
+    if method == 'te' and eps == 0.0:
+        return quant_te(x, pow2)
+    import test_fp8_mldtypes as mld
+    q, s, _ = mld.reference(np.asarray(x, np.float32), 'F32', np.float32(eps), int(pow2), method)
+    return q, s
+
+
+TORCH_DTYPES = {'bfloat16': ('BF16', torch.bfloat16), 'float16': ('F16', torch.float16),
+                'float32': ('F32', torch.float32)}
+
+
+def to_dtype(x32, name):
+    """float32 -> the --torch_dtype's raw values (RNE; ml_dtypes for bf16, numpy for fp16)."""
+    if name == 'bfloat16':
+        return x32.astype(ml_dtypes.bfloat16).view(np.uint16)
+    if name == 'float16':
+        return x32.astype(np.float16).view(np.uint16)
+    return x32.astype(np.float32)
+
+
+def padded_vocab(v, tp):
+    if CUR.get('pad_to'):
+        return CUR['pad_to']
+    mult = CUR.get('divisible_by', 128) * tp
+    return (v + mult - 1) // mult * mult
+
+
 def pad_vocab(a, tp):
-    mult = 128 * tp
-    vp = (a.shape[0] + mult - 1) // mult * mult
+    vp = padded_vocab(a.shape[0], tp)
     return np.concatenate([a, np.repeat(a[-1:], vp - a.shape[0], axis=0)]) if vp > a.shape[0] else a
 
 
@@ -274,6 +316,9 @@ class Spec:
 def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8, want_pow2=None):
     """Expectation for shard t of n of logical tensor lt (LoongForge get_chunked_weight, §9.3).
     want_pow2: the --force_pow_2_scales request (None: flag not given)."""
+    if lt.dtype == 'F8_E4M3' and CUR.get('dequantize'):  # --dequantize_fp8: plain --torch_dtype tensors
+        dt = CUR.get('torch_dtype', 'bfloat16')
+        return Spec('plain', dtype=TORCH_DTYPES[dt][0], arr=split(to_dtype(lt.f32(), dt), rule, n, t))
     if lt.dtype == 'F8_E4M3':
         if ignore_tp_if_fp8:
             rule = 'repl'
@@ -284,7 +329,7 @@ def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8, want_pow2=None):
             return Spec('fp8', arr=split(lt.arr, rule, n, t), scale=split(lt.scale, rule, n, t), pow2=lt.pow2,
                         how='direct')
         x = split(lt.f32(), rule, n, t)  # dequantize, re-quantize the shard
-        q, s = quant_te(x, want)
+        q, s = quantize(x, want)
         return Spec('fp8', arr=q, scale=s, pow2=want, how='requant', x=x)
     if fp8_target:
         if ignore_tp_if_fp8:
@@ -293,7 +338,7 @@ def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8, want_pow2=None):
         # ckbridge: a BF16 source quantizes with power-of-two scales unless --force_pow_2_scales=false
         # (LoongForge's default is linear; its --convert_to_fp8 does not apply to HF -> MCore at all).
         want = True if want_pow2 is None else want_pow2
-        q, s = quant_te(x, want)
+        q, s = quantize(x, want)
         return Spec('fp8', arr=q, scale=s, pow2=want, how='quantize', x=x)
     return Spec('plain', dtype=lt.dtype, arr=split(lt.arr, rule, n, t))
 
@@ -305,15 +350,65 @@ def balanced(n, parts):
     return [n // parts] * parts
 
 
+def expand_layout(s):
+    """Megatron layout string -> stages (LoongForge §6.1.4: commas dropped, (...)*n and x*n expanded)."""
+    s = s.replace(',', '').replace(' ', '')
+    while True:
+        t = re.sub(r'\(([^()]*)\)\*(\d+)', lambda m: m.group(1) * int(m.group(2)), s)
+        t = re.sub(r'(.)\*(\d+)', lambda m: m.group(1) * int(m.group(2)), t)
+        if t == s:
+            return s.split('|')
+        s = t
+
+
+def vp_counts(L):
+    """Decoder layers per virtual partition (LoongForge get_num_layers_in_vp_map, §6.1), MTP added last."""
+    pp, vpp = L['pp'], L.get('vpp', 1)
+    if L.get('layout'):
+        stages = expand_layout(L['layout'])
+        assert len(stages) == pp * vpp, (stages, pp, vpp)
+        c = [st.count('t') for st in stages]
+    elif L.get('custom'):
+        c = list(L['custom'])
+    elif L.get('first') is not None or L.get('last') is not None:  # uneven_vpp_partition (V-shaped)
+        assert vpp == 2 and pp > 1
+        first, last = L.get('first'), L.get('last')
+        given = (first is not None) + (last is not None)
+        rest = M.N - (first or 0) - (last or 0)
+        k = rest // (pp - given) if pp > given else 0
+        c = [0] * (2 * pp)
+        for i in range(pp):
+            n = first if (i == 0 and first is not None) else last if (i == pp - 1 and last is not None) else k
+            c[i] = (n + 1) // 2 if (i == 0 and first is not None) or (i == pp - 1 and last is not None) else n // 2
+            c[2 * pp - 1 - i] = n - c[i]
+    else:
+        c = balanced(M.N, pp * vpp)
+    assert sum(c) == M.N, c
+    c[-1] += L.get('mtp', M.MTP)
+    return c
+
+
+def vp_index(L, p, s):
+    pp = L['pp']
+    if L.get('dualpipev'):
+        return p if s == 0 else pp * s + (pp - 1 - p)
+    return p + pp * s
+
+
 def stage_layers(L):
-    counts = list(L['custom']) if L.get('custom') else balanced(M.N, L['pp'])
-    counts[-1] += M.MTP
-    out, off = [], 0
-    for c in counts:
-        ids = list(range(off, off + c))
-        out.append([(g, g - M.N if g >= M.N else i) for i, g in enumerate(ids)])
-        off += c
-    return out  # per stage: [(global id, local index)]
+    """Per PP rank, per virtual stage: [(global id, local index)] (§6.2: local index restarts per
+    virtual stage; MTP layers are numbered from 0)."""
+    c = vp_counts(L)
+    off = [sum(c[:i]) for i in range(len(c))]
+    out = []
+    for p in range(L['pp']):
+        per_s = []
+        for s in range(L.get('vpp', 1)):
+            vp = vp_index(L, p, s)
+            ids = list(range(off[vp], off[vp] + c[vp]))
+            per_s.append([(g, g - M.N if g >= M.N else i) for i, g in enumerate(ids)])
+        out.append(per_s)
+    return out
 
 
 def etp_map(tp, ep, etp):
@@ -343,6 +438,8 @@ def rank_files(L):
 
 def expected_checkpoint(hf, L):
     """dir -> {key: Spec} for layout L, from the HF tensors and LoongForge's rules."""
+    CUR.clear()
+    CUR.update(L.get('opts', {}))
     tp, ep = L['tp'], L['ep']
     etp = L.get('etp') or tp
     c2f = bool(L.get('convert_to_fp8'))
@@ -395,22 +492,36 @@ def expected_checkpoint(hf, L):
                     lin(d, mp + 'mlp.experts.local_experts.%d.%s' % (i, fc), keys, rule, et, n=etp)
 
     out = {}
+    vpp = L.get('vpp', 1)
     for d_name, t, p, e, et in rank_files(L):
-        d = {}
+        models = {}
+        for s_idx, stage in enumerate(stages[p]):
+            d = stage_dict(hf, L, stage, p == 0 and s_idx == 0, t, e, et, lt, lin, layer)
+            if d:  # a virtual stage without tensors gets no key (§6.4)
+                models['model%d' % s_idx if vpp > 1 else 'model'] = d
+        out[d_name] = models
+    return out
+
+
+def stage_dict(hf, L, stage, first, t, e, et, lt, lin, layer):
+    """The state dict of one (virtual) stage of one rank file."""
+    tp = L['tp']
+    d = {}
+    if True:
         def emb():
             dt, arr = hf['model.embed_tokens.weight']
             return shard_spec(Plain(dt, pad_vocab(arr, tp)), 'rows', tp, t, False, False)
-        if p == 0:
+        if first:
             d['embedding.word_embeddings.weight'] = emb()
-        for g, loc in stages[p]:
+        for g, loc in stage:
             if g < M.N:
                 layer(d, 'decoder.layers.%d.' % loc, g, t, e, et)
-        if any(g == M.N - 1 for g, _ in stages[p]):
+        if any(g == M.N - 1 for g, _ in stage):
             d['decoder.final_layernorm.weight'] = shard_spec(lt('model.norm.weight'), 'repl', 1, 0, False, False)
             d['decoder.final_layernorm._extra_state'] = Spec('none')
             dt, arr = hf['lm_head.weight']
             d['output_layer.weight'] = shard_spec(Plain(dt, pad_vocab(arr, tp)), 'rows', tp, t, False, False)
-        for g, loc in stages[p]:
+        for g, loc in stage:
             if g >= M.N:
                 h = 'model.layers.%d.' % g
                 mp = 'mtp.layers.%d.' % loc
@@ -424,8 +535,7 @@ def expected_checkpoint(hf, L):
                                                               False, False)
                 d[mp + 'final_layernorm._extra_state'] = Spec('none')
                 layer(d, mp + 'transformer_layer.', g, t, e, et)
-        out[d_name] = d
-    return out
+    return d
 
 
 # ----------------------------------------------------------------------------------- runners
@@ -436,15 +546,44 @@ def run(args, expect_ok=True):
     return r
 
 
-def layout_flags(L):
-    f = ['--tensor_model_parallel_size', L['tp'], '--pipeline_model_parallel_size', L['pp'],
-         '--expert_parallel_size', L['ep']]
-    if L.get('etp') is not None:
-        f += ['--expert_tensor_parallel_size', L['etp']]
-    if L.get('grouped'):
-        f += ['--moe-grouped-gemm']
-    if L.get('custom'):
-        f += ['--custom_pipeline_layers', ','.join(map(str, L['custom']))]
+def layout_flags(L, layout=True):
+    """The converter flags of layout L; layout=False: only the non-layout ones (the way back from
+    MCore reads the layout from the checkpoint)."""
+    f = []
+    if layout:
+        f += ['--tensor_model_parallel_size', L['tp'], '--pipeline_model_parallel_size', L['pp'],
+              '--expert_parallel_size', L['ep']]
+        if L.get('etp') is not None:
+            f += ['--expert_tensor_parallel_size', L['etp']]
+        if L.get('grouped'):
+            f += ['--moe-grouped-gemm']
+        if L.get('custom'):
+            f += ['--custom_pipeline_layers', ','.join(map(str, L['custom']))]
+        if L.get('layout'):
+            f += ['--pipeline_model_parallel_layout', L['layout']]
+        elif L.get('layers_per_vstage'):
+            f += ['--num_layers_per_virtual_pipeline_stage', L['layers_per_vstage']]
+        elif L.get('vpp', 1) > 1:
+            f += ['--num-virtual-stages-per-pipeline-rank', L['vpp']]
+        if L.get('dualpipev'):
+            f += ['--vpp-scheduler', 'dualpipev']
+        if L.get('first') is not None:
+            f += ['--decoder-first-pipeline-num-layers', L['first']]
+        if L.get('last') is not None:
+            f += ['--decoder-last-pipeline-num-layers', L['last']]
+    o = L.get('opts', {})
+    if layout and o.get('pad_to'):
+        f += ['--pad_vocab_size_to', o['pad_to']]
+    if layout and o.get('divisible_by'):
+        f += ['--make_vocab_size_divisible_by', o['divisible_by']]
+    if o.get('method'):
+        f += ['--quant_method', o['method']]
+    if o.get('eps'):
+        f += ['--amax_epsilon', repr(float(o['eps']))]
+    if o.get('dequantize'):
+        f += ['--dequantize_fp8']
+    if o.get('torch_dtype'):
+        f += ['--torch_dtype', o['torch_dtype']]
     if L.get('convert_to_fp8'):
         f += ['--convert_to_fp8']
     if L.get('pow2') is not None:
@@ -452,30 +591,41 @@ def layout_flags(L):
     return f + list(L.get('extra', []))
 
 
-def convert(src, dst, L, to='mcore', expect_ok=True):
-    frm = 'huggingface' if to == 'mcore' else 'mcore'
-    return run([CONVERT, '--load_platform', frm, '--save_platform', to, '--config_file', CFG, '--convert_file', CONV,
-                '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors', '--max_workers', 2,
-                '--hf_max_shard_size', SHARD, '-q'] + layout_flags(L), expect_ok)
+def convert(src, dst, L, to='mcore', expect_ok=True, frm=None, layout=True, env=None, workers=2):
+    frm = frm or ('huggingface' if to == 'mcore' else 'mcore')
+    args = [CONVERT, '--load_platform', frm, '--save_platform', to, '--config_file', CFG, '--convert_file', CONV,
+            '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors', '--max_workers', workers,
+            '--hf_max_shard_size', SHARD, '-q'] + layout_flags(L, layout)
+    if env is None:
+        return run(args, expect_ok)
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=dict(os.environ, **env))
+    if expect_ok and r.returncode != 0:
+        raise AssertionError('%s failed (%d):\n%s%s' % (' '.join(map(str, args)), r.returncode, r.stdout, r.stderr))
+    return r
 
 
 # ----------------------------------------------------------------------------------- checks
-def check_file(path, exp, L, notes):
+def check_file(path, exp_models, L, notes):
     obj = load_mcore(path)
-    assert set(obj) == {'args', 'checkpoint_version', 'iteration', 'model'}, sorted(obj)
+    assert set(obj) == {'args', 'checkpoint_version', 'iteration'} | set(exp_models), (sorted(obj), sorted(exp_models))
     assert obj['checkpoint_version'] == 3.0 and obj['iteration'] == 0, (obj['checkpoint_version'], obj['iteration'])
     a = vars(obj['args'])
     want_args = {'num_layers': M.N, 'hidden_size': M.H, 'num_attention_heads': M.heads,
                  'tensor_model_parallel_size': L['tp'], 'pipeline_model_parallel_size': L['pp'],
                  'expert_model_parallel_size': L['ep'], 'expert_tensor_parallel_size': L.get('etp') or L['tp'],
-                 'num_experts': M.E, 'mtp_num_layers': M.MTP, 'vocab_size': M.V,
-                 'padded_vocab_size': pad_vocab(np.zeros((M.V, 1)), L['tp']).shape[0],
+                 'num_experts': M.E, 'mtp_num_layers': L.get('mtp', M.MTP), 'vocab_size': M.V,
+                 'padded_vocab_size': pad_vocab(np.zeros((M.V, 1)), L['tp']).shape[0],  # CUR: this layout's
                  'moe_grouped_gemm': bool(L.get('grouped'))}
     for k, v in want_args.items():
         assert k in a and a[k] == v, 'args.%s = %r, expected %r' % (k, a.get(k, '<missing>'), v)
-    model = obj['model']
+    for mk, exp in exp_models.items():
+        check_model(obj[mk], exp, notes, L, mk)
+
+
+def check_model(model, exp, notes, L, mk):
     got, want = set(model), set(exp)
-    assert got == want, 'keys differ: missing %s; extra %s' % (sorted(want - got)[:10], sorted(got - want)[:10])
+    assert got == want, '%s: keys differ: missing %s; extra %s' % (mk, sorted(want - got)[:10],
+                                                                   sorted(got - want)[:10])
     for k, s in exp.items():
         v = model[k]
         if s.kind == 'none':
@@ -501,8 +651,10 @@ def check_file(path, exp, L, notes):
         q = v.quantizer
         assert q['force_pow_2_scales'] is bool(s.pow2), '%s: quantizer force_pow_2_scales %r, scales pow2 %r' % (
             k, q['force_pow_2_scales'], s.pow2)
-        assert q['amax_epsilon'] == 0.0 and q['block_scaling_dim'] == 2, (k, q)
-        assert v.dtype == torch.bfloat16, '%s: fake dtype %s' % (k, v.dtype)
+        eps = float(np.float32(L.get('opts', {}).get('eps', 0.0)))  # the flag's value as a float32
+        assert q['amax_epsilon'] == eps and q['block_scaling_dim'] == 2, (k, q, eps)
+        fake = TORCH_DTYPES[L.get('opts', {}).get('torch_dtype', 'bfloat16')][1]
+        assert v.dtype == fake, '%s: fake dtype %s, expected %s' % (k, v.dtype, fake)
         if s.x is not None:  # quantized here: bound first (a clear message), then the TE bits
             within_fp8_bound(s.x, data, scale, k)
             assert is_pow2(scale[:, :s.scale.shape[1]]) == s.pow2, '%s: scale kind is not pow2=%s' % (k, s.pow2)
@@ -524,7 +676,7 @@ def check_mcore(hf, out, L):
         files = os.listdir(os.path.join(out, 'release', d))
         assert files == ['model_optim_rng.pt'], (d, files)
         check_file(os.path.join(out, 'release', d, 'model_optim_rng.pt'), e, L, notes)
-        n_entries += len(e)
+        n_entries += sum(len(m) for m in e.values())
     print('    %d files, %d entries checked; FP8 paths %s' % (len(exp), n_entries, notes))
     return notes
 
@@ -593,6 +745,15 @@ LAYOUTS = [
     ('fp8pow2_tp2_kept', 'fp8pow2', dict(tp=2, pp=1, ep=2, etp=1, grouped=True)),
     ('fp8_force_pow2', 'fp8', dict(tp=2, pp=1, ep=2, etp=1, grouped=True, pow2=True)),
     ('fp8pow2_force_linear', 'fp8pow2', dict(tp=2, pp=1, ep=2, etp=1, grouped=True, pow2=False)),
+    # the pipeline layouts of round_trip.sh --all: virtual stages (model0/model1 per file), DualPipeV
+    # (rank 0 holds the first and the last virtual stage), a layout string with an MTP stage, first /
+    # last stage sizes, layers per virtual stage, ETP 2 != TP 4
+    ('fp8_vpp2', 'fp8', dict(tp=1, pp=2, vpp=2, ep=2, grouped=True)),
+    ('fp8_vpp2_dualpipev', 'fp8', dict(tp=1, pp=2, vpp=2, dualpipev=True, ep=2, grouped=True)),
+    ('fp8_layout_mtp_stage', 'fp8', dict(tp=1, pp=2, vpp=2, layout='Ett|t|t|mL', ep=2, grouped=True)),
+    ('fp8_first_last_dualpipev', 'fp8', dict(tp=1, pp=2, vpp=2, dualpipev=True, first=2, last=2, ep=2)),
+    ('fp8_layers_per_vstage_1', 'fp8', dict(tp=2, pp=2, vpp=2, layers_per_vstage=1, ep=2, etp=1, grouped=True)),
+    ('bf16_tp4_ep2_etp2', 'bf16', dict(tp=4, pp=1, ep=2, etp=2, grouped=True)),
 ]
 
 
@@ -646,7 +807,8 @@ def run_all(work):
         check('%s: every MCore file, key and tensor as expected' % name, verify)
 
         def rev(s=s, L=L, name=name, out=out, back=back):
-            convert(os.path.join(out, 'release'), back, L, to='huggingface')
+            # no layout flags: the source layout is read from the checkpoint
+            convert(os.path.join(out, 'release'), back, L, to='huggingface', layout=False)
             if name == 'fp8_tp4_requant':
                 # blocks cut by TP 4 (o_proj, shared and expert fc1/fc2: 64-wide shards) come back re-quantized
                 approx = check_back_close(src[s], back, lambda k: not re.search(
@@ -677,12 +839,34 @@ def run_all(work):
                 print('    %d HF tensors FP8, within the FP8 bound of the BF16 source' % n_fp8)
             else:
                 same_files(src[s], back)
-        check('%s: MCore -> HF back to the source' % name, rev)
+        check('%s: MCore -> HF (layout read from the checkpoint) back to the source' % name, rev)
 
+    check_mcore_to_mcore(work, src, hf)
     check_coverage(work, src, hf)
     check_bad_inputs(work, src)
     check_dry_run(work, src)
     return finish()
+
+
+def check_mcore_to_mcore(work, src, hf):
+    """MCore (TP2 PP2 EP2 ETP1 grouped) -> MCore (TP1 PP1 EP4, and TP1 PP2 VPP2 DualPipeV EP2): the
+    source layout read from the checkpoint, every target tensor against the HF-derived expectation,
+    then back to HF without layout flags."""
+    mc = os.path.join(work, 'fp8_tp2_pp2_ep2_etp1_grouped', 'mcore')
+    targets = [('mcore_to_mcore_tp1_ep4', dict(tp=1, pp=1, ep=4, grouped=True)),
+               ('mcore_to_mcore_vpp2_dualpipev', dict(tp=1, pp=2, vpp=2, dualpipev=True, ep=2, grouped=True))]
+    for name, L in targets:
+        out = os.path.join(work, name, 'mcore')
+        back = os.path.join(work, name, 'hf')
+
+        def f(L=L, out=out, back=back):
+            assert os.path.isdir(mc), 'needs the first layout converted'
+            r = convert(mc, out, L, to='mcore', frm='mcore')
+            notes = check_mcore(hf['fp8'], out, L)
+            assert set(notes) == {'direct'}, notes
+            convert(out, back, {}, to='huggingface', layout=False)
+            same_files(src['fp8'], back)
+        check('%s: MCore -> MCore, every tensor as expected; back to HF byte-identical' % name, f)
 
 
 # ----------------------------------------------------------------------------------- coverage and bad input
@@ -710,7 +894,7 @@ BASE = dict(tp=2, pp=2, ep=2, etp=1, grouped=True)
 
 
 def refused(src_dir, out, L, needles, to='mcore'):
-    r = convert(src_dir, out, L, to=to, expect_ok=False)
+    r = convert(src_dir, out, L, to=to, expect_ok=False, layout='tp' in L)
     msg = r.stderr + r.stdout
     assert r.returncode != 0, 'accepted (exit 0): %s' % msg
     assert r.returncode == 1, 'exit %d (crash?): %s' % (r.returncode, msg)

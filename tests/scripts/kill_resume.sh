@@ -24,8 +24,8 @@ run() {  # run <from> <to> <src> <dst> [flags]
     --load_ckpt_path "$src" --save_ckpt_path "$dst" --hf_max_shard_size 1MB -q "$@"
 }
 L=(--tensor_model_parallel_size 2 --pipeline_model_parallel_size 2 --expert_parallel_size 2 --moe-grouped-gemm)
-run huggingface mcore "$WORK/hf" "$WORK/ref_mcore" "${L[@]}" >/dev/null 2>&1
-run mcore huggingface "$WORK/ref_mcore" "$WORK/ref_hf" >/dev/null 2>&1
+run huggingface mcore "$WORK/hf" "$WORK/ref_mcore" "${L[@]}" >/dev/null 2>&1 || { echo "FAIL reference run HF->MCore"; exit 1; }
+run mcore huggingface "$WORK/ref_mcore" "$WORK/ref_hf" >/dev/null 2>&1 || { echo "FAIL reference run MCore->HF"; exit 1; }
 total=$(du -sb "$WORK/ref_mcore/release" | cut -f1)
 
 for frac in 5 30 55 80 90; do
@@ -36,22 +36,36 @@ for frac in 5 30 55 80 90; do
   [[ $rc -eq 137 ]]; check "HF->MCore killed at ${frac}% (exit $rc)" $?
   [[ ! -e $WORK/k/latest_checkpointed_iteration.txt ]]; check "  no tracker file before all parts exist" $?
   run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+  rc=$?
+  [[ $rc -eq 0 ]]; check "  resumed run completes (exit $rc)" $?
   diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "  resumed output byte-identical" $?
 done
 
-# killed twice, then resumed
+# killed twice, then resumed. The kill threshold counts the bytes written by that run; the second
+# run resumes with at least 3/4 of the bytes left, so a threshold of 1/2 is always reached.
 rm -rf "$WORK/k"
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
-CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total * 3 / 4)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 137 ]]; check "HF->MCore first kill at 25% (exit $rc)" $?
+CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 2)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 137 ]]; check "  second kill after a further 50% of its own bytes (exit $rc)" $?
+[[ ! -e $WORK/k/latest_checkpointed_iteration.txt ]]; check "  no tracker file after two kills" $?
 run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 0 ]]; check "  third run completes (exit $rc)" $?
 diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k" >/dev/null; check "HF->MCore killed twice, resumed: byte-identical" $?
 
 # MCore -> HF direction
 hf_total=$(du -sb "$WORK/ref_hf" | cut -f1)
 rm -rf "$WORK/kh"
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((hf_total / 2)) run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 137 ]]; check "MCore->HF killed at 50% (exit $rc)" $?
 [[ ! -e $WORK/kh/model.safetensors.index.json ]]; check "MCore->HF killed: no index before all shards exist" $?
 run mcore huggingface "$WORK/ref_mcore" "$WORK/kh" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 0 ]]; check "  resumed run completes (exit $rc)" $?
 diff -r -x ckbridge-manifest.json "$WORK/ref_hf" "$WORK/kh" >/dev/null; check "MCore->HF resumed: byte-identical" $?
 "$BIN/ckbridge_verify" --manifest "$WORK/kh" >/dev/null; check "MCore->HF resumed: output matches its manifest" $?
 "$BIN/ckbridge_verify" --manifest "$WORK/k" >/dev/null; check "HF->MCore resumed: output matches its manifest" $?
@@ -79,6 +93,8 @@ out=$(run huggingface mcore "$WORK/hf" "$WORK/k" --expert_parallel_size 4 2>&1)
 # different arguments over a partial output: refused, partial output untouched
 rm -rf "$WORK/k"
 CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 2)) run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 137 ]]; check "partial output for the different-arguments case (killed, exit $rc)" $?
 before=$(find "$WORK/k" -type f -exec md5sum {} + | sort | md5sum)
 msg=$(run huggingface mcore "$WORK/hf" "$WORK/k" "${L[@]}" --amax_epsilon 1e-4 2>&1 >/dev/null)
 rc=$?

@@ -12,6 +12,7 @@
 // cannot show (the DualPipeV order, a layout string's MTP placement). No flag is needed to read
 // a checkpoint; flags a user gives are compared against the result by the caller.
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -42,6 +43,7 @@ struct McoreLayout {
   std::optional<std::string> layout;
   std::optional<int> first, last;
   std::optional<int> num_layers, mtp_num_layers;
+  std::optional<std::int64_t> padded_vocab_size;  // embedding rows x TP (args.padded_vocab_size must agree)
   bool second_index_is_ep = false;  // mp_rank_TT_NNN names carry the EP rank (PP 1, EP > 1)
   bool has_experts = false;
   std::vector<int> vp_decoder_layers;  // decoder layers per virtual partition (vp order), from tensor names
@@ -236,6 +238,23 @@ inline McoreLayout read_mcore_layout(const std::filesystem::path& path, const Mc
   check_arg("TP", l.tp, {"tensor_model_parallel_size"});
   check_arg("PP", l.pp, {"pipeline_model_parallel_size"});
   if (l.has_experts) check_arg("EP", l.ep, {"expert_model_parallel_size", "expert_parallel_size"});
+
+  // the padded vocabulary: the first stage's embedding rows x TP (a replicated embedding is
+  // refused by the planner's shape check)
+  for (const auto& m : f0.models)
+    for (const auto& e : m.entries)
+      if (!l.padded_vocab_size && e.kind == format::ModelEntry::Kind::Tensor && e.tensor &&
+          e.name.size() >= 22 && e.name.compare(e.name.size() - 22, 22, "word_embeddings.weight") == 0 &&
+          e.tensor->shape.size() == 2) {
+        l.padded_vocab_size = e.tensor->shape[0] * l.tp;
+        l.source["vocab"] = f0.file_name() + ": '" + e.name + "' has " + std::to_string(e.tensor->shape[0]) +
+                            " rows at TP " + std::to_string(l.tp);
+      }
+  if (auto v = f0.arg_int("padded_vocab_size"); v && l.padded_vocab_size && *v != *l.padded_vocab_size)
+    fail(where, ": ", l.source["vocab"], " (padded vocabulary ", *l.padded_vocab_size, ") but args.padded_vocab_size is ",
+         *v);
+  if (!l.padded_vocab_size)
+    if (auto v = f0.arg_int("padded_vocab_size")) l.padded_vocab_size = *v;
 
   // ---- 2. tensor names: virtual stages, experts, layers per stage
   // model chunks: the most any stage's file holds (a trailing chunk without tensors is not saved)

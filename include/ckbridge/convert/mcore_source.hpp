@@ -2,6 +2,7 @@
 // Reading side of an MCore legacy checkpoint for conversion: the rank files of a checkpoint
 // (memory-mapped, parsed once), and the logical source of one parameter instance assembled from
 // its TP shards (zero-copy views into the storage records).
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
