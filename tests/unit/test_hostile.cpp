@@ -127,7 +127,10 @@ BOOST_AUTO_TEST_CASE(tp_divides_heads) {
   gqa.num_query_groups = 2;
   BOOST_TEST(error_of([&] { gqa.check_tensor_parallel(2); }) == "<no error>");
   BOOST_TEST(has(error_of([&] { gqa.check_tensor_parallel(3); }), "does not divide the model's num_query_groups 2"));
-  BOOST_TEST(has(error_of([&] { gqa.check_tensor_parallel(4); }), "num_attention_heads 6"));
+  BOOST_TEST(has(error_of([&] { gqa.check_tensor_parallel(4); }), "num_query_groups 2"));
+  convert::ModelShape mha;  // groups unset: heads alone
+  mha.num_attention_heads = 6;
+  BOOST_TEST(has(error_of([&] { mha.check_tensor_parallel(4); }), "num_attention_heads 6"));
 }
 
 // Every output-shaping option changes the fingerprint; workers, device and allow_nonfinite do not.

@@ -55,12 +55,13 @@ struct ModelShape {
         if (k == "num_attention_heads")
           if (const auto* h = std::get_if<std::int64_t>(&v)) heads = *h;
     if (tp <= 0) fail(flag, " must be > 0, got ", tp);
-    if (heads > 0 && heads % tp != 0)
-      fail(flag, " ", tp, " does not divide the model's num_attention_heads ", heads,
-           " (every TP rank must hold the same number of heads)");
+    // GQA: the groups first (they divide the heads, so this also covers the heads)
     if (num_query_groups > 0 && num_query_groups % tp != 0)
       fail(flag, " ", tp, " does not divide the model's num_query_groups ", num_query_groups,
            " (GQA: every TP rank must hold the same number of query groups)");
+    if (heads > 0 && heads % tp != 0)
+      fail(flag, " ", tp, " does not divide the model's num_attention_heads ", heads,
+           " (every TP rank must hold the same number of heads)");
   }
 };
 
