@@ -35,8 +35,8 @@ struct ZipRecord {
 
 struct ZipReadOptions {
   bool verify_crc = false;         // CRC-check every record when opening (reads the whole file)
-  bool verify_crc_on_read = true;  // TorchFile: CRC-check each record the first time its bytes are taken
   bool require_torch_layout = true;  // one top-level folder holding data.pkl and version
+  bool verify_crc_on_read = true;  // TorchFile: CRC-check each record the first time its bytes are taken
 };
 
 namespace detail {
