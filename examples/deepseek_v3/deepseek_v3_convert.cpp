@@ -3,16 +3,19 @@
 // names and meanings, so its example scripts run with only the program name changed.
 #include <CLI/CLI.hpp>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
 
 #include "ckbridge/config/convert_config.hpp"
+#include "ckbridge/convert/cli_values.hpp"
 #include "ckbridge/convert/executor.hpp"
 #include "ckbridge/convert/from_config.hpp"
 #include "ckbridge/convert/hf_to_mcore.hpp"
@@ -36,7 +39,7 @@ struct Flags {
   std::optional<int> ep, etp, mtp_num_layers, vpp, first, last, layers_per_vstage;
   std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
   bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
-  bool dry_run = false, dequantize_fp8 = false, quiet = false, overwrite = false;
+  bool dry_run = false, dequantize_fp8 = false, quiet = false, overwrite = false, allow_nonfinite = false;
   float amax_epsilon = 0.0f;
   std::string quant_method = "te", force_pow_2_scales = "unset", torch_dtype = "bfloat16";
   std::int64_t make_vocab_size_divisible_by = 128, pad_vocab_size_to = 0;
@@ -46,21 +49,12 @@ struct Flags {
   std::string model = "deepseek_v3";
 };
 
-std::uint64_t parse_size(const std::string& s, const char* flag) {
-  std::size_t pos = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &pos);
-  } catch (...) {
-    fail(flag, ": cannot parse size '", s, "'");
-  }
-  const std::string u = s.substr(pos);
-  if (u == "KB") v *= 1e3;
-  else if (u == "MB") v *= 1e6;
-  else if (u == "GB") v *= 1e9;
-  else if (!u.empty() && u != "B") fail(flag, ": unknown unit '", u, "' in '", s, "' (use B, KB, MB or GB)");
-  if (v < 1) fail(flag, ": size must be positive, got '", s, "'");
-  return static_cast<std::uint64_t>(v);
+std::uint64_t parse_size(const std::string& s, const char* flag) { return convert::parse_byte_size(s, flag); }
+
+// Whole numbers in [min, max], refused with the flag's name otherwise (overflow included).
+CLI::Validator whole(std::int64_t min, std::int64_t max = std::numeric_limits<int>::max()) {
+  return CLI::Validator([min, max](std::string& v) { return convert::integer_problem(v, min, max).value_or(""); },
+                        "INT in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
 }
 
 DType parse_dtype(const std::string& s) {
@@ -142,31 +136,32 @@ int main(int argc, char** argv) {
   app.add_flag("--safetensors", f.safetensors, "read HF safetensors (the only HF input format ckbridge reads)");
   app.add_flag("--convert_to_fp8", f.convert_to_fp8, "quantize FP8-capable weights of a BF16 source (both directions)");
   app.add_option("--quant_method", f.quant_method, "FP8 quantizer semantics")->check(CLI::IsMember({"te", "pt"}));
+  app.add_flag("--allow_nonfinite", f.allow_nonfinite, "quantize Inf/NaN inputs to FP8 (counted) instead of refusing them");
   app.add_flag("--fp8_force_no_requant", f.fp8_force_no_requant, "never re-quantize FP8 (error if blocks do not align)");
   app.add_flag("--force_pow_2_scales{true}", f.force_pow_2_scales,
                "scale kind of FP8 outputs: not given = keep the source's (BF16 source: power of two); "
                "given = power of two; =false = linear");
   app.add_option("--amax_epsilon", f.amax_epsilon, "amax floor for quantization (stored in TE quantizers)");
-  app.add_option("--mtp_num_layers", f.mtp_num_layers, "override the model's MTP layer count (0 disables MTP)");
+  app.add_option("--mtp_num_layers", f.mtp_num_layers, "override the model's MTP layer count (0 disables MTP)")->check(whole(0));
   // ---- common group
   app.add_option("--torch_dtype", f.torch_dtype, "dtype of dequantized weights and of TE FP8 tensors' fake dtype");
-  app.add_option("--vocab_size", f.vocab_size, "override the unpadded vocabulary size");
-  app.add_option("--num-virtual-stages-per-pipeline-rank,--num_virtual_stages_per_pipeline_rank", f.vpp, "virtual pipeline stages");
+  app.add_option("--vocab_size", f.vocab_size, "override the unpadded vocabulary size")->check(whole(1));
+  app.add_option("--num-virtual-stages-per-pipeline-rank,--num_virtual_stages_per_pipeline_rank", f.vpp, "virtual pipeline stages")->check(whole(1));
   app.add_option("--num_layers_per_virtual_pipeline_stage,--num-layers-per-virtual-pipeline-stage", f.layers_per_vstage,
-                 "alternative to --num-virtual-stages-per-pipeline-rank (must divide evenly)");
+                 "alternative to --num-virtual-stages-per-pipeline-rank (must divide evenly)")->check(whole(1));
   app.add_option("--vpp-scheduler,--vpp_scheduler", f.vpp_scheduler, "dualpipev: DualPipeV stage order")->check(CLI::IsMember({"dualpipev"}));
-  app.add_option("--decoder-first-pipeline-num-layers,--decoder_first_pipeline_num_layers", f.first, "layers of the first stage");
-  app.add_option("--decoder-last-pipeline-num-layers,--decoder_last_pipeline_num_layers", f.last, "layers of the last stage");
+  app.add_option("--decoder-first-pipeline-num-layers,--decoder_first_pipeline_num_layers", f.first, "layers of the first stage")->check(whole(0));
+  app.add_option("--decoder-last-pipeline-num-layers,--decoder_last_pipeline_num_layers", f.last, "layers of the last stage")->check(whole(0));
   // ---- megatron group
-  app.add_option("--tensor_model_parallel_size", f.tp, "TP size")->check(CLI::PositiveNumber);
-  app.add_option("--pipeline_model_parallel_size", f.pp, "PP size")->check(CLI::PositiveNumber);
-  app.add_option("--expert_parallel_size", f.ep, "EP size (MoE models; default 1)");
-  app.add_option("--expert_tensor_parallel_size", f.etp, "expert TP size (default: TP size)");
+  app.add_option("--tensor_model_parallel_size", f.tp, "TP size")->check(whole(1));
+  app.add_option("--pipeline_model_parallel_size", f.pp, "PP size")->check(whole(1));
+  app.add_option("--expert_parallel_size", f.ep, "EP size (MoE models; default 1)")->check(whole(1));
+  app.add_option("--expert_tensor_parallel_size", f.etp, "expert TP size (default: TP size)")->check(whole(1));
   app.add_option("--custom_pipeline_layers", f.custom_pipeline_layers, "decoder layers per (virtual) stage, e.g. 8,7,8,8,8,8,8,6");
   app.add_option("--pipeline_model_parallel_layout", f.pipeline_layout, "Megatron layout string, e.g. 'Et*2|t*2m L'");
-  app.add_option("--make_vocab_size_divisible_by", f.make_vocab_size_divisible_by, "vocab padding granularity per TP rank");
-  app.add_option("--pad_vocab_size_to", f.pad_vocab_size_to, "explicit padded vocabulary size");
-  app.add_option("--max_workers", f.max_workers, "files written in parallel")->check(CLI::PositiveNumber);
+  app.add_option("--make_vocab_size_divisible_by", f.make_vocab_size_divisible_by, "vocab padding granularity per TP rank")->check(whole(1));
+  app.add_option("--pad_vocab_size_to", f.pad_vocab_size_to, "explicit padded vocabulary size")->check(whole(0));
+  app.add_option("--max_workers", f.max_workers, "files written in parallel")->check(whole(1, 4096));
   app.add_flag("--moe-grouped-gemm,--moe_grouped_gemm", f.grouped_gemm, "expert names weight<i> (TEGroupedMLP) instead of local_experts.<i>");
   // ---- ckbridge
   app.add_flag("--dry-run,--dry_run", f.dry_run, "print the plan (files, bytes, peak memory) and write nothing");
@@ -190,6 +185,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    convert::check_output_path(f.save_ckpt_path);
     for (const char* name : {"--no_load_optim", "--no_save_optim", "--distributed_convert", "--pretrain_as_fp8",
                              "--use_distributed_optimizer", "--no-te", "--resume-convert", "--fp8_quant_transfer_type",
                              "--data_parallel_size", "--transformer_impl", "--num_experts", "--checkpoint-format",
@@ -245,6 +241,9 @@ int main(int argc, char** argv) {
     o.quant_method = quant::method_from_string(f.quant_method);
     o.fp8_force_no_requant = f.fp8_force_no_requant;
     o.dequantize_fp8 = f.dequantize_fp8;
+    o.allow_nonfinite = f.allow_nonfinite;
+    std::atomic<std::uint64_t> nonfinite{0};
+    o.nonfinite_count = &nonfinite;
     o.device = f.device == "cpu" ? quant::Device::Cpu : f.device == "cuda" ? quant::Device::Cuda : quant::Device::Auto;
     if (o.device == quant::Device::Cuda) {  // refuse before any output exists
       try {
@@ -342,10 +341,15 @@ int main(int argc, char** argv) {
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
+    const std::string source_fp = convert::source_fingerprint(f.load_ckpt_path, out);
+    const std::string source_id = manifest::sha256_hex(
+        std::span<const std::byte>(reinterpret_cast<const std::byte*>(source_fp.data()), source_fp.size()));
     std::ostringstream why;
     why << f.load_platform << " -> " << f.save_platform << " from " << fs::absolute(f.load_ckpt_path).string()
         << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
-        << f.quant_method << " pow2 " << f.force_pow_2_scales;
+        << f.quant_method << " pow2 " << f.force_pow_2_scales << " model " << f.model << "\n"
+        << convert::options_fingerprint(o) << source_fp;
+    convert::check_memory(plan, o.max_workers);
     const std::string fingerprint = convert::plan_fingerprint(plan, why.str());
     const std::string run_id = fingerprint.substr(0, fingerprint.find('\n'));
     // A finished output (manifest, no run state): the same command is "already done" once the
@@ -372,7 +376,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "note: --overwrite: removed the %zu files of the finished output in %s\n", old.files.size(),
                      out.string().c_str());
       } else if (old.fingerprint == run_id &&
-                 old.source_fingerprint != manifest::source_fingerprint(f.load_ckpt_path)) {
+                 old.source_fingerprint != source_id) {
         fail("--save_ckpt_path ", out.string(), ": holds this conversion's finished output, but the source ",
              f.load_ckpt_path, " changed since (sizes or content differ from ", mpath.string(),
              "); pass --overwrite to convert it again");
@@ -407,7 +411,7 @@ int main(int argc, char** argv) {
       m.fingerprint = run_id;
       for (int i = 0; i < argc; ++i) m.arguments.emplace_back(argv[i]);
       m.source = fs::absolute(f.load_ckpt_path).lexically_normal().string();
-      m.source_fingerprint = manifest::source_fingerprint(f.load_ckpt_path);
+      m.source_fingerprint = source_id;
       m.files = manifest::hash_files(out, manifest::checkpoint_files(out), o.max_workers);
       for (const auto& [rel, text] : plan.small_files)
         if (rel.filename() == "latest_checkpointed_iteration.txt") {
@@ -424,6 +428,9 @@ int main(int argc, char** argv) {
     std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
                 res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
     print_memory("at the end");
+    if (nonfinite.load())
+      std::printf("note: %llu non-finite input values (Inf/NaN) were quantized to FP8 (--allow_nonfinite)\n",
+                  static_cast<unsigned long long>(nonfinite.load()));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", e.what());

@@ -47,11 +47,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const auto& r : z.records()) (void)z.bytes(r);
   } catch (const ckbridge::Error&) {
   }
-  try {
-    ckbridge::format::TorchFile f(bytes, "fuzz.pt");
-    volatile std::uint64_t s = touch(f, *f.root(), 0);
-    (void)s;
-  } catch (const ckbridge::Error&) {
+  // With CRC checks on read (the converter's default) and without them (so that mutated
+  // records still reach the unpickler and the view code).
+  for (const bool crc : {true, false}) {
+    try {
+      ckbridge::format::ZipReadOptions o;
+      o.verify_crc_on_read = crc;
+      ckbridge::format::TorchFile f(bytes, "fuzz.pt", o);
+      volatile std::uint64_t s = touch(f, *f.root(), 0);
+      (void)s;
+    } catch (const ckbridge::Error&) {
+    }
   }
   return 0;
 }

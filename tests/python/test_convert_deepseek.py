@@ -940,8 +940,8 @@ def check_bad_inputs(work, src):
     check('bad input: a tensor of the wrong shape', wrong_shape)
 
     cases = [
-        ('TP 3 does not divide heads / ffn', dict(BASE, tp=3, etp=None), ['--tensor_model_parallel_size 3', 'q_b_proj',
-                                                                          'not divisible by 3']),
+        ('TP 3 does not divide heads / ffn', dict(BASE, tp=3, etp=None), ['--tensor_model_parallel_size 3',
+                                                                          'num_attention_heads 4']),
         ('--custom_pipeline_layers not summing to num_layers', dict(BASE, custom=[1, 2]), ['--custom_pipeline_layers']),
         ('--custom_pipeline_layers with the wrong count', dict(BASE, custom=[1, 1, 2]), ['--custom_pipeline_layers']),
         ('EP 3 does not divide the experts', dict(BASE, ep=3), ['--expert_parallel_size']),

@@ -400,7 +400,7 @@ def run_all(work):
         r = convert(src['bf16'], out, 4, 1, expect_ok=False)
         msg = r.stderr
         assert r.returncode != 0 and '--tensor_model_parallel_size 4' in msg and 'query groups' in msg, msg
-        assert 'self_attn.q_proj.weight' in msg, msg
+        assert 'num_query_groups 2' in msg, msg
         assert not os.path.exists(out), 'output written although refused'
         # k_proj of the wrong shape: copy the BF16 source with one tensor cut short
         bad = os.path.join(work, 'bad', 'hf_short_k')

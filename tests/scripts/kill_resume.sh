@@ -2,16 +2,20 @@
 # Kill-and-resume: a conversion killed with SIGKILL at several points (including twice in a row,
 # and in both directions) and started again with the same arguments must produce output
 # byte-identical to an uninterrupted run; different arguments over a partial output, and a
-# directory holding other files, must be refused without touching them.
+# directory holding other files, must be refused without touching them. Also (issue 13): an empty
+# or flag-like --save_ckpt_path, a second run into a directory another run is writing, a source
+# edited between kill and re-run, flags that change only the rank files' args, a kill while the
+# fingerprint was written, and a rank directory replaced by a symlink.
 # Usage: kill_resume.sh <build-dir> <work-dir>
 set -uo pipefail
 BUILD=$1
 WORK=$2
-BIN=$BUILD/examples
-CFG=configs/deepseek_v3/deepseek_v3_tiny.yaml
-CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
 rm -rf "$WORK"
 mkdir -p "$WORK"
+BIN=$(cd "$BUILD" && pwd)/examples
+WORK=$(cd "$WORK" && pwd)
+CFG=$PWD/configs/deepseek_v3/deepseek_v3_tiny.yaml
+CONV=$PWD/configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
 pass=0 fail=0
 check() {  # check <name> <condition-exit-status>
   if [[ $2 -eq 0 ]]; then pass=$((pass + 1)); echo "ok   $1"; else fail=$((fail + 1)); echo "FAIL $1"; fi
@@ -20,7 +24,7 @@ check() {  # check <name> <condition-exit-status>
 run() {  # run <from> <to> <src> <dst> [flags]
   local from=$1 to=$2 src=$3 dst=$4
   shift 4
-  "$BIN/deepseek_v3_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
+  ${EXEC:-} "$BIN/deepseek_v3_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
     --load_ckpt_path "$src" --save_ckpt_path "$dst" --hf_max_shard_size 1MB -q "$@"
 }
 L=(--tensor_model_parallel_size 2 --pipeline_model_parallel_size 2 --expert_parallel_size 2 --moe-grouped-gemm)
@@ -107,6 +111,103 @@ mkdir -p "$WORK/other" && echo keep >"$WORK/other/notes.txt"
 msg=$(run huggingface mcore "$WORK/hf" "$WORK/other" "${L[@]}" 2>&1 >/dev/null)
 rc=$?
 [[ $rc -ne 0 && $msg == *"not empty"* && $(cat "$WORK/other/notes.txt") == keep ]]; check "non-empty directory refused" $?
+
+# ---- issue 13
+tree_sum() { find "$1" -type f -exec md5sum {} + 2>/dev/null | sort | md5sum; }
+kill_half() {  # kill_half <src> <dst> [flags]: a partial output killed at 50 %
+  local src=$1 dst=$2
+  shift 2
+  rm -rf "$dst"
+  CKBRIDGE_TEST_KILL_AFTER_BYTES=$((total / 2)) run huggingface mcore "$src" "$dst" "$@" >/dev/null 2>&1
+}
+
+# F3: an empty --save_ckpt_path (would be the current directory) and a flag taken as the value.
+mkdir -p "$WORK/cwd"
+msg=$(cd "$WORK/cwd" && run huggingface mcore "$WORK/hf" "" "${L[@]}" 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"--save_ckpt_path: empty path"* && -z $(ls -A "$WORK/cwd") ]]
+check "F3 empty --save_ckpt_path refused, nothing written: $msg" $?
+msg=$(cd "$WORK/cwd" && "$BIN/deepseek_v3_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" \
+  --convert_file "$CONV" --load_ckpt_path "$WORK/hf" --save_ckpt_path= --safetensors -q 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"looks like a flag"* && -z $(ls -A "$WORK/cwd") ]]
+check "F3 --save_ckpt_path= --safetensors refused, nothing written: $msg" $?
+
+# F4: a second run into a directory that a first run is writing fails at once, touching nothing;
+# the first run then completes with the reference bytes.
+rm -rf "$WORK/c"
+# (EXEC=exec: the background subshell becomes the converter, so $! is the converter's pid)
+EXEC=exec CKBRIDGE_TEST_STOP_AFTER_BYTES=$((total / 2)) run huggingface mcore "$WORK/hf" "$WORK/c" "${L[@]}" >/dev/null 2>&1 &
+apid=$!
+for _ in $(seq 600); do [[ $(ps -o stat= -p $apid 2>/dev/null) == T* ]] && break; sleep 0.05; done
+[[ $(ps -o stat= -p $apid 2>/dev/null) == T* ]]; check "F4 first run stopped half-way (holding the lock)" $?
+before=$(tree_sum "$WORK/c")
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/c" "${L[@]}" 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"another conversion is writing to this directory"* && $msg == *"$WORK/c"* ]]
+check "F4 concurrent run, same arguments, refused: $msg" $?
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/c" "${L[@]}" --custom_pipeline_layers 3,1 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"another conversion is writing to this directory"* ]]
+check "F4 concurrent run, other layout, refused" $?
+after=$(tree_sum "$WORK/c")
+[[ $before == "$after" ]]; check "F4   the refused runs touched nothing" $?
+kill -CONT $apid
+wait $apid
+rc=$?
+[[ $rc -eq 0 ]] && diff -r "$WORK/ref_mcore" "$WORK/c" >/dev/null; check "F4   first run completed byte-identical (exit $rc)" $?
+
+# F5: a source edited between the kill and the re-run (even with its mtime put back) is refused.
+rm -rf "$WORK/hf5" && cp -r "$WORK/hf" "$WORK/hf5"
+kill_half "$WORK/hf5" "$WORK/k5" "${L[@]}"
+shard=$(ls "$WORK"/hf5/*.safetensors | head -1)
+size=$(stat -c %s "$shard")
+touch -r "$shard" "$WORK/stamp"
+printf '\x7f\x7f\x7f\x7f' | dd of="$shard" bs=1 seek=$((size - 100)) conv=notrunc status=none
+touch -r "$WORK/stamp" "$shard"
+before=$(tree_sum "$WORK/k5")
+msg=$(run huggingface mcore "$WORK/hf5" "$WORK/k5" "${L[@]}" 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"partial output of a different conversion"* && $msg == *"was 'source "* ]]
+check "F5 source edited (mtime restored) after the kill: resume refused: $msg" $?
+[[ $before == "$(tree_sum "$WORK/k5")" ]]; check "F5   partial output untouched" $?
+cp "$WORK/hf/$(basename "$shard")" "$WORK/hf5/" && touch "$WORK/hf5/$(basename "$shard")"
+msg=$(run huggingface mcore "$WORK/hf5" "$WORK/k5" "${L[@]}" 2>&1 >/dev/null)
+[[ $? -ne 0 && $msg == *"source "* ]]; check "F5 source replaced by an identical copy (new mtime): refused" $?
+
+# F6: flags that only change the rank files' args (the default split spelled out, another
+# divisor giving the same padded vocabulary) are not the same conversion.
+kill_half "$WORK/hf" "$WORK/k6" "${L[@]}"
+before=$(tree_sum "$WORK/k6")
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/k6" "${L[@]}" --custom_pipeline_layers=2,2 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"partial output of a different conversion"* ]]
+check "F6 --custom_pipeline_layers=2,2 (= the default split) over a partial output refused: $msg" $?
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/k6" "${L[@]}" --make_vocab_size_divisible_by 64 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"partial output of a different conversion"* ]]
+check "F6 --make_vocab_size_divisible_by 64 (same padded vocabulary) refused" $?
+[[ $before == "$(tree_sum "$WORK/k6")" ]]; check "F6   partial output untouched" $?
+run huggingface mcore "$WORK/hf" "$WORK/k6" "${L[@]}" >/dev/null 2>&1
+diff -r "$WORK/ref_mcore" "$WORK/k6" >/dev/null; check "F6   the original arguments still resume, byte-identical" $?
+
+# F7: a run killed while writing its fingerprint left only .ckbridge-run/fingerprint.tmp-*: the
+# identical re-run starts afresh.
+rm -rf "$WORK/k7" && mkdir -p "$WORK/k7/.ckbridge-run"
+printf 'ckbridge run v2\nhalf a finger' >"$WORK/k7/.ckbridge-run/fingerprint.tmp-a1b2c3d4"
+run huggingface mcore "$WORK/hf" "$WORK/k7" "${L[@]}" >/dev/null 2>&1
+rc=$?
+[[ $rc -eq 0 ]] && diff -r "$WORK/ref_mcore" "$WORK/k7" >/dev/null; check "F7 leftover fingerprint.tmp-* does not block the re-run (exit $rc)" $?
+
+# A rank directory of a partial output replaced by a symlink: refused, nothing written through it.
+kill_half "$WORK/hf" "$WORK/k8" "${L[@]}"
+rank=$(find "$WORK/k8/release" -mindepth 1 -maxdepth 1 -type d | sort | head -1)
+rm -rf "$WORK/outside" && mv "$rank" "$WORK/outside" && ln -s "$WORK/outside" "$rank"
+before=$(tree_sum "$WORK/outside")
+msg=$(run huggingface mcore "$WORK/hf" "$WORK/k8" "${L[@]}" 2>&1 >/dev/null)
+rc=$?
+[[ $rc -ne 0 && $msg == *"symbolic link"* && $msg == *"$rank"* ]]; check "symlinked rank directory refused on resume: $msg" $?
+[[ $before == "$(tree_sum "$WORK/outside")" ]]; check "  nothing written through the link" $?
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -3,7 +3,10 @@
 // by hand here.
 #include <boost/test/unit_test.hpp>
 
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
@@ -569,6 +572,55 @@ BOOST_AUTO_TEST_CASE(fuzz_findings) {
   BOOST_TEST(cc.mcore.at("a").extra);
   BOOST_TEST(cc.mcore.at("a").fp8_ignore_tp);
   BOOST_TEST(cc.mcore.at("a").names == (std::vector<std::string>{"p", "q"}), boost::test_tools::per_element());
+}
+
+// Hostile YAML (issue 13, F1/F2 and duplicate keys): bounded work and memory, clear errors that
+// name the file and the key. Before the fix the first two ran for minutes / until memory ran out.
+BOOST_AUTO_TEST_CASE(hostile_yaml) {
+  const fs::path dir = fs::temp_directory_path() / ("ckb_hostile_yaml_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto write = [&](const char* name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+    return dir / name;
+  };
+  // Billion laughs: 10 levels of 10 aliases (10^10 nodes expanded), no key is ever used.
+  std::string laughs = "lol0: &l0 [a, a, a, a, a, a, a, a, a, a]\n";
+  for (int i = 1; i < 10; ++i) {
+    laughs += "lol" + std::to_string(i) + ": &l" + std::to_string(i) + " [";
+    for (int k = 0; k < 10; ++k) laughs += (k ? ", *l" : "*l") + std::to_string(i - 1);
+    laughs += "]\n";
+  }
+  laughs += "num_layers: 2\n";
+  const auto f1 = write("laughs.yaml", laughs);
+  expect_error([&] { load_yaml(f1); }, {f1.string(), "key 'lol", "expands to more than"});
+  expect_error([&] { resolve_interpolations(YAML::Load(laughs)); }, {"expands to more than"});
+  LoadOptions lax;
+  std::vector<std::string> unresolved;
+  lax.strict = false;
+  lax.unresolved = &unresolved;
+  expect_error([&] { load_yaml(f1, lax); }, {"expands to more than"});
+  // Strings that double at every step (2^40 bytes at the end), unused.
+  std::string dbl = "s0: ab\n";
+  for (int i = 1; i <= 40; ++i)
+    dbl += "s" + std::to_string(i) + ": \"${s" + std::to_string(i - 1) + "}${s" + std::to_string(i - 1) + "}\"\n";
+  const auto f2 = write("doubling.yaml", dbl);
+  expect_error([&] { load_yaml(f2); }, {f2.string(), "key 's20'", "interpolated string longer than"});
+  unresolved.clear();
+  const auto lazy = load_yaml(f2, lax);  // non-strict: reported, the rest still loads
+  BOOST_TEST(S(lazy["s19"]).size() == (std::size_t(2) << 19));
+  BOOST_TEST(!unresolved.empty());
+  // Many strings that each stay under the per-string bound still hit the total bound.
+  std::string wide = "s0: " + std::string(1000, 'x') + "\n";
+  for (int i = 1; i <= 100; ++i) wide += "w" + std::to_string(i) + ": \"" + std::string(1000, '.') + "\"\n";
+  wide += "big: \"";
+  for (int i = 0; i < 1000; ++i) wide += "${s0}";
+  wide += "\"\n";
+  for (int i = 0; i < 80; ++i) wide += "c" + std::to_string(i) + ": ${big}-\n";
+  expect_error([&] { resolve_interpolations(YAML::Load(wide)); }, {"interpolated strings total more than"});
+  // Duplicate keys: refused with file, line and key (yaml-cpp keeps both; lookups see the first).
+  const auto f3 = write("dup.yaml", "a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\n");
+  expect_error([&] { load_yaml(f3); }, {f3.string(), "line 5", "duplicate key 'b.c'"});
+  fs::remove_all(dir);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

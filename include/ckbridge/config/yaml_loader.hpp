@@ -175,14 +175,53 @@ inline void set_child(YAML::Node parent, const std::string& key, const YAML::Nod
   else parent[key] = value;
 }
 
+// The most nodes one file may hold with its aliases expanded. YAML aliases share nodes, so a
+// kilobyte of anchors can stand for billions of nodes ("billion laughs"); every later step
+// (composition, interpolation) walks the expanded tree, so the bound is checked right after
+// parsing. Real model and convert configs hold a few thousand.
+inline constexpr std::size_t kMaxDocumentNodes = 100'000;
+
+// Walks a parsed document as a tree (aliases expanded): refuses more than kMaxDocumentNodes
+// nodes and duplicate keys in a map (yaml-cpp keeps both and lookups see only the first, so the
+// file would not mean what it says).
+inline void check_document(const YAML::Node& n, const std::string& file, Path& at, std::size_t& visits) {
+  if (++visits > kMaxDocumentNodes)
+    fail(file, ": key '", path_str(at), "': the document expands to more than ", kMaxDocumentNodes,
+         " nodes (YAML anchors and aliases repeated many times over?)");
+  if (n.IsMap()) {
+    std::set<std::string> seen;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      const YAML::Node k = it->first;  // copies: it-> yields a temporary proxy
+      const YAML::Node v = it->second;
+      const std::string key = k.IsScalar() ? k.Scalar() : std::string("<complex key>");
+      at.push_back(key);
+      if (k.IsScalar() && !seen.insert(key).second)
+        fail(file, ": line ", k.Mark().line + 1, ": duplicate key '", path_str(at), "'");
+      check_document(v, file, at, visits);
+      at.pop_back();
+    }
+  } else if (n.IsSequence()) {
+    for (std::size_t i = 0; i < n.size(); ++i) {
+      at.push_back(std::to_string(i));
+      check_document(n[i], file, at, visits);
+      at.pop_back();
+    }
+  }
+}
+
 inline YAML::Node parse_file(const std::filesystem::path& file) {
   std::ifstream in(file);
   if (!in) fail(file.string(), ": cannot open config file");
+  YAML::Node doc;
   try {
-    return YAML::Load(in);
+    doc = YAML::Load(in);
   } catch (const YAML::Exception& e) {
     fail(file.string(), ": YAML syntax error at line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg);
   }
+  Path at;
+  std::size_t visits = 0;
+  check_document(doc, file.string(), at, visits);
+  return doc;
 }
 
 // Deep merge (OmegaConf): maps merge key by key, anything else replaces; a `???` source value
@@ -665,11 +704,13 @@ private:
         if (!v.IsScalar() && !v.IsNull())
           err(at, "interpolation '" + s.substr(i, e - i + 1) + "' inside a string refers to a map or list");
         out += v.IsNull() ? "None" : v.Scalar();
+        check_length(out, at);
         i = e + 1;
         continue;
       }
       out += s[i++];
     }
+    count_built(out, at);
     YAML::Node r(out);
     return r;
   }
@@ -684,6 +725,7 @@ private:
         const YAML::Node v = eval_body(body.substr(i + 2, e - i - 2), at);
         if (!v.IsScalar()) err(at, "nested interpolation '" + body.substr(i, e - i + 1) + "' is not a scalar");
         out += v.Scalar();
+        check_length(out, at);
         i = e + 1;
       } else {
         out += body[i++];
@@ -766,6 +808,21 @@ private:
     return YAML::Clone(target);
   }
 
+  // Strings built by interpolation: each at most kMaxStringBytes, all together at most
+  // kMaxInterpolatedBytes (strings that repeat each other double at every step).
+  static constexpr std::size_t kMaxStringBytes = 1u << 20, kMaxInterpolatedBytes = 64u << 20;
+  void check_length(const std::string& s, const Path& at) {
+    if (s.size() > kMaxStringBytes)
+      err(at, "interpolated string longer than " + std::to_string(kMaxStringBytes) +
+                  " bytes (interpolations that repeat each other?)");
+  }
+  void count_built(const std::string& s, const Path& at) {
+    built_ += s.size();
+    if (built_ > kMaxInterpolatedBytes)
+      err(at, "interpolated strings total more than " + std::to_string(kMaxInterpolatedBytes) +
+                  " bytes (interpolations that repeat each other?)");
+  }
+
   static constexpr std::size_t kMaxCopiedNodes = 250'000;
   static std::size_t count_nodes(const YAML::Node& n, std::size_t acc) {
     ++acc;
@@ -832,7 +889,7 @@ private:
   std::string file_;
   std::set<std::string> active_, done_, copied_subtrees_;
   std::map<std::string, std::pair<std::string, bool>> failed_;  // key -> (message, was KeyNotFound)
-  std::size_t copied_ = 0;
+  std::size_t copied_ = 0, built_ = 0;
   std::vector<std::string> stack_;
 };
 
@@ -865,6 +922,9 @@ inline void Composer::read_searchpath(const YAML::Node& hydra, const YAML::Node&
 
 // Resolves all interpolations of an in-memory tree in place (no defaults processing).
 inline YAML::Node resolve_interpolations(YAML::Node root, const LoadOptions& opt = {}, const std::string& source = "<yaml>") {
+  detail::Path at;
+  std::size_t visits = 0;
+  detail::check_document(root, source, at, visits);
   YAML::Node r = YAML::Clone(root);
   detail::Resolver res(r, opt, nullptr, source);
   res.resolve_all();

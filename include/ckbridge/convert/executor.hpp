@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -98,6 +99,34 @@ inline void write_safetensors_file(const OutFile& f, const std::filesystem::path
   w.commit();
 }
 
+// Refuses a plan whose working memory (the `workers` largest per-file scratch needs) exceeds the
+// machine's physical memory, before any output exists, naming the tensor that needs the most
+// (a huge --pad_vocab_size_to otherwise ends in a bare std::bad_alloc half-way through).
+inline void check_memory(const Plan& plan, int workers, std::uint64_t available = 0) {
+  if (available == 0) {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return;
+    available = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page);
+  }
+  const std::uint64_t need = plan.peak_memory(workers);
+  if (need <= available) return;
+  const OutFile* wf = nullptr;
+  const OutEntry* we = nullptr;
+  std::size_t most = 0;
+  for (const auto& f : plan.files)
+    for (const auto& e : f.entries)
+      if (e.data.scratch_bytes + e.scale.scratch_bytes >= most) {
+        most = e.data.scratch_bytes + e.scale.scratch_bytes;
+        wf = &f;
+        we = &e;
+      }
+  fail("the conversion needs ", double(need) / 1e9, " GB of working memory with --max_workers ", workers,
+       ", more than this machine's ", double(available) / 1e9, " GB (the largest need: tensor '",
+       we ? we->key : std::string("?"), "' of ", wf ? wf->rel.string() : std::string("?"), ", ",
+       double(most) / 1e9, " GB, shape ", we ? shape_str(we->data.shape) : std::string("?"),
+       "); check --pad_vocab_size_to, --vocab_size and the model config, or lower --max_workers");
+}
+
 struct ExecResult {
   std::uint64_t bytes = 0;
   double seconds = 0;
@@ -119,6 +148,19 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
     prog.release_every = 1;
     prog.release = [&prog, limit, inner] {
       if (prog.done.load() >= limit) ::kill(::getpid(), SIGKILL);
+      static std::atomic<std::uint64_t> n{0};
+      if (inner && ((n += 1) % 4096) == 0) inner();
+    };
+  }
+  // Test seam for the concurrent-run tests: stop (SIGSTOP, holding the output's lock) once after
+  // this many bytes; the test continues the process with SIGCONT.
+  if (const char* k = std::getenv("CKBRIDGE_TEST_STOP_AFTER_BYTES"); k && !prog.release) {
+    const std::uint64_t limit = std::strtoull(k, nullptr, 10);
+    auto inner = plan.release_sources;
+    prog.release_every = 1;
+    prog.release = [&prog, limit, inner] {
+      static std::atomic<bool> stopped{false};
+      if (prog.done.load() >= limit && !stopped.exchange(true)) ::raise(SIGSTOP);
       static std::atomic<std::uint64_t> n{0};
       if (inner && ((n += 1) % 4096) == 0) inner();
     };
@@ -152,6 +194,13 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
         if (f.format == FileFormat::Safetensors) write_safetensors_file(f, path, prog);
         else torch_writer(f, path, prog);
         if (state) state->mark_done(f.rel);
+      } catch (const std::bad_alloc&) {
+        std::lock_guard lk(err_mu);
+        if (!err)
+          err = std::make_exception_ptr(Error(ckbridge::detail::concat(
+              (out_root / f.rel).string(), ": out of memory while producing this file (the plan estimated ",
+              double(f.peak_scratch()) / 1e9, " GB of working memory for it)")));
+        return;
       } catch (...) {
         std::lock_guard lk(err_mu);
         if (!err) err = std::current_exception();

@@ -52,12 +52,21 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
   return nm;
 }
 
+inline constexpr std::int64_t kMaxModelCount = 1'000'000;  // layers, MTP layers, experts
+
 inline ModelShape model_shape_from(const config::ModelConfig& mc, std::optional<int> mtp_override = std::nullopt,
                                    std::optional<std::int64_t> vocab_override = std::nullopt) {
   ModelShape s;
-  s.num_layers = static_cast<int>(mc.num_layers);
-  s.mtp_num_layers = static_cast<int>(mtp_override.value_or(static_cast<int>(mc.mtp_num_layers)));
-  s.num_experts = static_cast<int>(mc.num_experts);
+  // The planners count layers and experts in int: larger values are refused here, by name,
+  // instead of wrapping into a different (or negative) count.
+  auto small = [](const char* key, std::int64_t v) {
+    if (v > kMaxModelCount)
+      fail("model config: key '", key, "': ", v, " is too large (at most ", kMaxModelCount, ")");
+    return static_cast<int>(v);
+  };
+  s.num_layers = small("num_layers", mc.num_layers);
+  s.mtp_num_layers = mtp_override ? *mtp_override : small("mtp_num_layers", mc.mtp_num_layers);
+  s.num_experts = small("num_experts", mc.num_experts);
   for (std::int64_t l = 0; l < mc.num_layers; ++l) s.moe_layer.push_back(mc.num_experts > 0 && mc.is_moe_layer(l));
   s.mtp_moe = mc.num_experts > 0;
   s.vocab_size = vocab_override.value_or(mc.vocab_size);

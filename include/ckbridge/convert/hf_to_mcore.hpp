@@ -175,6 +175,8 @@ inline Fp8Settings fp8_settings(const ConvertOptions& o, const LogicalSource& sr
   fs.device = o.device;
   fs.layout = layout;
   fs.dequant_dtype = o.torch_dtype;
+  fs.allow_nonfinite = o.allow_nonfinite;
+  fs.nonfinite = o.nonfinite_count;
   return fs;
 }
 
@@ -211,6 +213,7 @@ template <class Model>
 void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const ConvertOptions& o,
                    const SourceFn& source) {
   shape.validate();
+  shape.check_tensor_parallel(o.tp);
   PipelineOptions po = o.pipeline;
   po.num_layers = shape.num_layers;
   po.mtp_num_layers = shape.mtp_num_layers;

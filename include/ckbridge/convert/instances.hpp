@@ -46,6 +46,23 @@ struct ModelShape {
       if (m && num_experts <= 0) fail("model config: MoE layers but num_experts = ", num_experts);
     if (vocab_size <= 0) fail("model config: vocab size must be > 0, got ", vocab_size);
   }
+  // Megatron gives every TP rank the same number of attention heads (and, with GQA, of query
+  // groups); a TP size that does not divide them writes shards Megatron cannot load.
+  void check_tensor_parallel(int tp, const char* flag = "--tensor_model_parallel_size") const {
+    std::int64_t heads = num_attention_heads;
+    if (heads == 0)  // MLA models: the head count is only among the args
+      for (const auto& [k, v] : args)
+        if (k == "num_attention_heads")
+          if (const auto* h = std::get_if<std::int64_t>(&v)) heads = *h;
+    if (tp <= 0) fail(flag, " must be > 0, got ", tp);
+    // GQA: the groups first (they divide the heads, so this also covers the heads)
+    if (num_query_groups > 0 && num_query_groups % tp != 0)
+      fail(flag, " ", tp, " does not divide the model's num_query_groups ", num_query_groups,
+           " (GQA: every TP rank must hold the same number of query groups)");
+    if (heads > 0 && heads % tp != 0)
+      fail(flag, " ", tp, " does not divide the model's num_attention_heads ", heads,
+           " (every TP rank must hold the same number of heads)");
+  }
 };
 
 // Instances in the canonical order: globals of the first stage, layers in order (per layer: the

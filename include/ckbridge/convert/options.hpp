@@ -1,5 +1,6 @@
 #pragma once
 // Conversion settings: LoongForge's flags (same names and meanings) plus ckbridge's own.
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -35,6 +36,8 @@ struct ConvertOptions {
   quant::MethodId quant_method = quant::MethodId::Te;  // --quant_method te|pt
   bool fp8_force_no_requant = false;           // --fp8_force_no_requant
   bool dequantize_fp8 = false;                 // --dequantize_fp8: write BF16 instead of FP8
+  bool allow_nonfinite = false;                // --allow_nonfinite: quantize Inf/NaN inputs (counted) instead of refusing
+  std::atomic<std::uint64_t>* nonfinite_count = nullptr;  // where those are counted (caller-owned, optional)
   quant::Device device = quant::Device::Auto;  // --device auto|cpu|cuda
   DType torch_dtype = DType::BF16;             // --torch_dtype (TE fake dtype, dequantized output)
 

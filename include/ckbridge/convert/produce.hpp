@@ -3,6 +3,7 @@
 // tensor on the HF side) from one logical source tensor, choosing between zero-copy views,
 // copies, direct FP8 block copies, quantization, dequantization and re-quantization. Both
 // conversion directions describe their target as a ShardMap over the logical full tensor.
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -66,6 +67,8 @@ struct Fp8Settings {
   quant::Device device = quant::Device::Auto;
   quant::ScaleLayout layout = quant::ScaleLayout::Unpadded;
   DType dequant_dtype = DType::BF16;  // output of dequantization
+  bool allow_nonfinite = false;        // quantize Inf / NaN inputs instead of refusing them
+  std::atomic<std::uint64_t>* nonfinite = nullptr;  // counts them (when allowed)
 };
 
 enum class Fp8Target { Keep, Quantize, Dequantize };
@@ -140,6 +143,14 @@ inline void check_copies(const LogicalSource& src, const layout::Box& box) {
 }
 
 inline quant::QuantResult quantize_shard(const std::string& name, const AnyConstView& x, const Fp8Settings& s) {
+  if (const std::uint64_t bad = quant::count_nonfinite(x)) {
+    if (!s.allow_nonfinite)
+      fail("FP8 quantization of tensor '", name, "': ", bad,
+           " non-finite input values (Inf or NaN); E4M3 has no infinity, so they would become +-448 or NaN and "
+           "flush the rest of their 128x128 blocks to zero. Fix the source, or pass --allow_nonfinite to quantize "
+           "them anyway (they are counted in the summary)");
+    if (s.nonfinite) s.nonfinite->fetch_add(bad);
+  }
   return quant::quantize(s.method, x,
                          {.amax_epsilon = s.amax_epsilon, .force_pow_2_scales = s.pow2, .layout = s.layout,
                           .device = s.device, .threads = 0, .name = name});

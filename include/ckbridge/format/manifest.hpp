@@ -167,7 +167,7 @@ struct Manifest {
   std::string fingerprint;                 // the run fingerprint (what the arguments and plan make)
   std::vector<std::string> arguments;      // the command line as given
   std::string source;                      // the source path
-  std::string source_fingerprint;          // the source files' sizes and a content sample, hashed
+  std::string source_fingerprint;          // SHA-256 of the run's source description (sizes, mtimes, content samples)
   std::vector<FileEntry> files;
 
   std::string to_json() const {
@@ -260,32 +260,6 @@ inline std::vector<std::filesystem::path> checkpoint_files(const std::filesystem
   }
   std::sort(out.begin(), out.end());
   return out;
-}
-
-// A cheap fingerprint of a source checkpoint (file or directory): every regular file's relative
-// path and size, and the SHA-256 of its first and last 64 KiB. Catches a replaced, resized or
-// re-written source without reading it all.
-inline std::string source_fingerprint(const std::filesystem::path& src) {
-  namespace fs = std::filesystem;
-  std::vector<fs::path> files;
-  if (fs::is_regular_file(src)) files.push_back(src);
-  else
-    for (const auto& e : fs::recursive_directory_iterator(src))
-      if (e.is_regular_file()) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  Sha256 h;
-  constexpr std::size_t kSample = 64u << 10;
-  for (const auto& p : files) {
-    const std::string rel = fs::relative(p, fs::is_regular_file(src) ? src.parent_path() : src).generic_string();
-    const std::uint64_t size = fs::file_size(p);
-    h.update(rel.data(), rel.size() + 1);
-    h.update(&size, sizeof size);
-    if (size == 0) continue;
-    const MappedFile m(p);
-    h.update(m.data(), std::min<std::size_t>(kSample, m.size()));
-    if (m.size() > kSample) h.update(m.data() + m.size() - kSample, kSample);
-  }
-  return h.hex();
 }
 
 // A problem found by check().

@@ -3,6 +3,7 @@
 //   <dir>/latest_checkpointed_iteration.txt  -> "release" or an iteration number
 //   <dir>/release/ | <dir>/iter_%07d/  mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt
 // plus TorchFile, a torch.load without torch: zip index + safe unpickle + zero-copy tensor views.
+#include <atomic>
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
@@ -35,12 +36,12 @@ class TorchFile {
 public:
   explicit TorchFile(const std::filesystem::path& path, ZipReadOptions zopts = {}, pickle::Limits limits = {})
       : zip_(std::make_unique<TorchZipReader>(path, zopts)) {
-    parse(limits);
+    parse(limits, zopts);
   }
   // Non-owning over an in-memory archive (nested archives, tests, fuzzing).
   TorchFile(std::span<const std::byte> bytes, std::string name, ZipReadOptions zopts = {}, pickle::Limits limits = {})
       : zip_(std::make_unique<TorchZipReader>(bytes, std::move(name), zopts)) {
-    parse(limits);
+    parse(limits, zopts);
   }
 
   const TorchZipReader& zip() const { return *zip_; }
@@ -54,6 +55,7 @@ public:
     if (r->size != s.nbytes())
       fail(file_name(), ": record '", r->name, "' holds ", r->size, " bytes but the pickle declares ", s.type_name,
            "[", s.numel, "] = ", s.nbytes(), " bytes");
+    checked(*r);
     return zip_->bytes(*r);
   }
   // Zero-copy strided view of a tensor. `what` names the tensor in errors.
@@ -81,11 +83,27 @@ public:
   }
 
 private:
-  void parse(const pickle::Limits& limits) {
+  void parse(const pickle::Limits& limits, const ZipReadOptions& zopts) {
+    if (zopts.verify_crc_on_read && !zopts.verify_crc) {
+      checked_ = std::make_unique<std::atomic<bool>[]>(zip_->records().size());
+      checked(zip_->record("data.pkl"));
+    }
     root_ = pickle::loads(zip_->bytes("data.pkl"), zip_->file_name() + ":" + zip_->prefix() + "/data.pkl", limits);
+  }
+  // CRC-checks a record the first time its bytes are taken (a flipped bit in a storage would
+  // otherwise convert silently). The pages read for the check are dropped again, so checking
+  // does not grow the resident set; the conversion faults them back from the page cache.
+  void checked(const ZipRecord& r) const {
+    if (!checked_) return;
+    const auto i = static_cast<std::size_t>(&r - zip_->records().data());
+    if (checked_[i].load(std::memory_order_acquire)) return;
+    zip_->verify_crc(r);
+    if (const MappedFile* m = zip_->mapped_file()) m->release(static_cast<std::size_t>(r.data_offset), static_cast<std::size_t>(r.size));
+    checked_[i].store(true, std::memory_order_release);
   }
   std::unique_ptr<TorchZipReader> zip_;
   pickle::ObjectPtr root_;
+  std::unique_ptr<std::atomic<bool>[]> checked_;  // per record: CRC verified
 };
 
 // ---------------------------------------------------------------- checkpoint directory

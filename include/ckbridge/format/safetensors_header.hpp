@@ -204,6 +204,20 @@ inline Header parse_header(std::span<const std::byte> file, std::string_view lab
     h.tensors.push_back(detail::parse_tensor_entry(label, std::string(key), value));
   });
 
+  // Each tensor's own offsets first (so that a bad entry is named itself, not the neighbour whose
+  // place it left), then the tiling.
+  for (const TensorInfo& t : h.tensors) {
+    const auto where = [&] { return ckbridge::detail::concat(label, ": tensor ", squote(t.name)); };
+    if (t.end < t.begin) fail(where(), ": data_offsets [", t.begin, ", ", t.end, "] end before they begin");
+    const auto nbytes = detail::checked_nbytes(t.shape, dtype_size(t.dtype));
+    if (!nbytes) fail(where(), ": shape ", shape_str(t.shape), " overflows");
+    if (*nbytes != t.end - t.begin)
+      fail(where(), ": data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin, " bytes but ", t.dtype, " ",
+           shape_str(t.shape), " needs ", *nbytes);
+    if (t.end > h.data_size)
+      fail(where(), ": data_offsets [", t.begin, ", ", t.end, "] run past the data section (", h.data_size,
+           " bytes; file truncated?)");
+  }
   // Offsets must tile the data section: sorted by offsets, each begins where the last ended.
   std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;

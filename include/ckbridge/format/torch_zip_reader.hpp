@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "ckbridge/core/crc32.hpp"
 #include "ckbridge/core/error.hpp"
 #include "ckbridge/core/mapped_file.hpp"
 
@@ -35,6 +36,7 @@ struct ZipRecord {
 struct ZipReadOptions {
   bool verify_crc = false;         // CRC-check every record when opening (reads the whole file)
   bool require_torch_layout = true;  // one top-level folder holding data.pkl and version
+  bool verify_crc_on_read = true;  // TorchFile: CRC-check each record the first time its bytes are taken
 };
 
 namespace detail {
@@ -43,19 +45,7 @@ inline std::uint16_t rd16(const std::byte* p) {
 }
 inline std::uint32_t rd32(const std::byte* p) { return rd16(p) | (static_cast<std::uint32_t>(rd16(p + 2)) << 16); }
 inline std::uint64_t rd64(const std::byte* p) { return rd32(p) | (static_cast<std::uint64_t>(rd32(p + 4)) << 32); }
-inline std::uint32_t crc32_of(std::span<const std::byte> s) {
-  // zlib's crc32 takes a uInt length: feed big records in chunks.
-  uLong c = ::crc32(0L, Z_NULL, 0);
-  const std::byte* p = s.data();
-  std::size_t n = s.size();
-  while (n > 0) {
-    const std::size_t k = std::min<std::size_t>(n, std::size_t{1} << 30);
-    c = ::crc32(c, reinterpret_cast<const Bytef*>(p), static_cast<uInt>(k));
-    p += k;
-    n -= k;
-  }
-  return static_cast<std::uint32_t>(c);
-}
+inline std::uint32_t crc32_of(std::span<const std::byte> s) { return ckbridge::crc32_of(s); }
 }  // namespace detail
 
 class TorchZipReader {

@@ -235,7 +235,42 @@ inline AnyConstView as_2d(const AnyConstView& x, Tensor& storage) {
   }
   return AnyConstView(src.data, src.dtype, Shape{mn.m, mn.n});
 }
+template <class U>
+std::uint64_t count_exp_all_ones(const U* base, std::int64_t m, std::int64_t n, std::int64_t rs, std::int64_t cs,
+                                 U mask) {
+  std::uint64_t bad = 0;
+  for (std::int64_t i = 0; i < m; ++i) {
+    const U* row = base + i * rs;
+    if (cs == 1) {
+      for (std::int64_t j = 0; j < n; ++j) bad += (row[j] & mask) == mask ? 1u : 0u;
+    } else {
+      for (std::int64_t j = 0; j < n; ++j) bad += (row[j * cs] & mask) == mask ? 1u : 0u;
+    }
+  }
+  return bad;
+}
 }  // namespace detail
+
+// The number of Inf and NaN values in a BF16, F16 or F32 tensor (0 for other dtypes): those
+// whose exponent bits are all ones. FP8 E4M3 has no infinity, so quantizing them saturates to
+// +-448 or gives NaN, and one of them in a block flushes the block's other values to zero.
+inline std::uint64_t count_nonfinite(const AnyConstView& x) {
+  if (x.dtype != DType::BF16 && x.dtype != DType::F16 && x.dtype != DType::F32) return 0;
+  if (x.shape.empty() || numel(x.shape) == 0) {
+    if (!x.shape.empty()) return 0;
+  }
+  Tensor storage;
+  const AnyConstView v = x.shape.empty() ? AnyConstView(x.data, x.dtype, Shape{1, 1}) : detail::as_2d(x, storage);
+  const std::int64_t m = v.shape[0], n = v.shape[1], rs = v.strides[0], cs = v.strides[1];
+  switch (v.dtype) {
+    case DType::F32:
+      return detail::count_exp_all_ones<std::uint32_t>(reinterpret_cast<const std::uint32_t*>(v.data), m, n, rs, cs, 0x7F800000u);
+    case DType::F16:
+      return detail::count_exp_all_ones<std::uint16_t>(reinterpret_cast<const std::uint16_t*>(v.data), m, n, rs, cs, 0x7C00);
+    default:
+      return detail::count_exp_all_ones<std::uint16_t>(reinterpret_cast<const std::uint16_t*>(v.data), m, n, rs, cs, 0x7F80);
+  }
+}
 
 // Quantizes `x` (BF16 / F16 / F32, any rank >= 1; leading dims are flattened into rows).
 template <class Method>
