@@ -155,7 +155,7 @@ after=$(tree_sum "$WORK/c")
 kill -CONT $apid
 wait $apid
 rc=$?
-[[ $rc -eq 0 ]] && diff -r "$WORK/ref_mcore" "$WORK/c" >/dev/null; check "F4   first run completed byte-identical (exit $rc)" $?
+[[ $rc -eq 0 ]] && diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/c" >/dev/null; check "F4   first run completed byte-identical (exit $rc)" $?
 
 # F5: a source edited between the kill and the re-run (even with its mtime put back) is refused.
 rm -rf "$WORK/hf5" && cp -r "$WORK/hf" "$WORK/hf5"
@@ -189,7 +189,7 @@ rc=$?
 check "F6 --make_vocab_size_divisible_by 64 (same padded vocabulary) refused" $?
 [[ $before == "$(tree_sum "$WORK/k6")" ]]; check "F6   partial output untouched" $?
 run huggingface mcore "$WORK/hf" "$WORK/k6" "${L[@]}" >/dev/null 2>&1
-diff -r "$WORK/ref_mcore" "$WORK/k6" >/dev/null; check "F6   the original arguments still resume, byte-identical" $?
+diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k6" >/dev/null; check "F6   the original arguments still resume, byte-identical" $?
 
 # F7: a run killed while writing its fingerprint left only .ckbridge-run/fingerprint.tmp-*: the
 # identical re-run starts afresh.
@@ -197,7 +197,7 @@ rm -rf "$WORK/k7" && mkdir -p "$WORK/k7/.ckbridge-run"
 printf 'ckbridge run v2\nhalf a finger' >"$WORK/k7/.ckbridge-run/fingerprint.tmp-a1b2c3d4"
 run huggingface mcore "$WORK/hf" "$WORK/k7" "${L[@]}" >/dev/null 2>&1
 rc=$?
-[[ $rc -eq 0 ]] && diff -r "$WORK/ref_mcore" "$WORK/k7" >/dev/null; check "F7 leftover fingerprint.tmp-* does not block the re-run (exit $rc)" $?
+[[ $rc -eq 0 ]] && diff -r -x ckbridge-manifest.json "$WORK/ref_mcore" "$WORK/k7" >/dev/null; check "F7 leftover fingerprint.tmp-* does not block the re-run (exit $rc)" $?
 
 # A rank directory of a partial output replaced by a symlink: refused, nothing written through it.
 kill_half "$WORK/hf" "$WORK/k8" "${L[@]}"

@@ -3,6 +3,7 @@
 // (memory-mapped, parsed once), and the logical source of one parameter instance assembled from
 // its TP shards (zero-copy views into the storage records).
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,7 +58,20 @@ struct McoreShard {
   AnyConstView data;
   std::optional<AnyConstView> scale;  // F32 [ceil(m/128), ceil(n/128)] (TE padding trimmed)
   std::string where;                  // for messages
+  std::vector<std::function<void()>> verify;  // CRC checks of the records behind the views (run when read)
 };
+
+// The CRC check of one stored record, naming the tensor it holds when it fails.
+inline std::function<void()> verify_record(const format::MegatronRankFile& f, const pickle::StorageRef& st,
+                                           const std::string& where) {
+  return [&f, st, where] {
+    try {
+      f.file->verify_storage(st);
+    } catch (const Error& e) {
+      fail(where, ": ", e.what());
+    }
+  };
+}
 
 inline McoreShard read_mcore_shard(const format::MegatronRankFile& f, const std::string& dict, const std::string& key) {
   const std::string where = f.file_name() + ": " + dict + "/" + key;
@@ -74,13 +88,15 @@ inline McoreShard read_mcore_shard(const format::MegatronRankFile& f, const std:
   s.where = where;
   using K = format::ModelEntry::Kind;
   if (e->kind == K::Tensor && e->tensor) {
-    s.data = f.view(*e->tensor, where);
+    s.data = f.view(*e->tensor, where, false);
+    s.verify.push_back(verify_record(f, e->tensor->storage, where));
   } else if (e->kind == K::TeFp8Blockwise && e->fp8) {
     const auto& t = *e->fp8;
     if (!t.rowwise_data || !t.rowwise_scale_inv) fail(where, ": TE FP8 tensor without rowwise data or scale_inv");
     if (t.fp8_dtype != DType::F8_E4M3) fail(where, ": TE FP8 tensor is ", t.fp8_dtype, ", only E4M3 is supported");
     if (t.block_len() != 128) fail(where, ": TE FP8 block length ", t.block_len(), ", expected 128");
-    AnyConstView d = f.view(*t.rowwise_data, where);
+    AnyConstView d = f.view(*t.rowwise_data, where, false);
+    s.verify.push_back(verify_record(f, t.rowwise_data->storage, where));
     d.dtype = DType::F8_E4M3;  // TE keeps the codes in a uint8 tensor
     const AnyConstView sc = f.view(*t.rowwise_scale_inv, where);
     const auto mn = quant::as_matrix(d.shape);
@@ -117,6 +133,7 @@ inline std::shared_ptr<LogicalSource> mcore_logical_source(const std::string& na
       if (maps[q].pieces == maps[r].pieces) dup = true;
     if (dup) continue;
     place_shard(maps[r], s.data, src->data, s.where);
+    src->verify_reads.insert(src->verify_reads.end(), s.verify.begin(), s.verify.end());
     if (src->fp8) {
       const auto mn = quant::as_matrix(s.data.shape);
       src->pow2 = src->pow2 && quant::is_power_of_two(*s.scale, mn.m, mn.n, s.where);

@@ -171,6 +171,7 @@ inline void check_copies_while_streaming(OutEntry& e, const std::shared_ptr<cons
     const Tensor ca = va.is_contiguous() ? Tensor() : Tensor::copy_of(va);
     const AnyConstView da = va.is_contiguous() ? va : ca.cview();
     for (const auto& c : copies) {
+      for (const auto& v : c->verify_reads) v();
       Tensor b;
       const AnyConstView vb = produce_detail::gather_into(*c, c->data, c->dtype, region_map(all), b);
       const Tensor cb = vb.is_contiguous() ? Tensor() : Tensor::copy_of(vb);

@@ -5,6 +5,7 @@
 // conversion directions describe their target as a ShardMap over the logical full tensor.
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,8 @@ struct LogicalSource {
     AnyConstView view;  // same dtype and shape as `full`
   };
   std::vector<Copy> must_equal;
+  // Checks to run before the data is read (CRCs of the stored records): plans read no data.
+  std::vector<std::function<void()>> verify_reads;
 };
 
 // FP8 settings for producers.
@@ -296,6 +299,16 @@ inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layou
       for (const auto& b : boxes) produce_detail::check_copies(*src, b);
       return run(scratch);
     };
+  }
+  if (!src->verify_reads.empty()) {
+    auto wrap = [src](std::function<AnyConstView(Tensor&)> run) {
+      return [src, run = std::move(run)](Tensor& scratch) {
+        for (const auto& v : src->verify_reads) v();
+        return run(scratch);
+      };
+    };
+    e.data.run = wrap(std::move(e.data.run));
+    if (e.scale.run) e.scale.run = wrap(std::move(e.scale.run));
   }
   e.locate = [src, m](const Shape& idx, bool scale) { return locate_in_source(*src, m, idx, scale); };
   return e;

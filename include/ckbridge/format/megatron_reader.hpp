@@ -48,20 +48,21 @@ public:
   const std::string& file_name() const { return zip_->file_name(); }
   const pickle::ObjectPtr& root() const { return root_; }
 
-  // Bytes of the storage behind a tensor; checks the record holds exactly what the pickle says.
-  std::span<const std::byte> storage_bytes(const pickle::StorageRef& s) const {
-    const ZipRecord* r = zip_->find("data/" + s.key);
-    if (!r) fail(file_name(), ": storage '", s.key, "' has no record '", zip_->prefix(), "/data/", s.key, "'");
-    if (r->size != s.nbytes())
-      fail(file_name(), ": record '", r->name, "' holds ", r->size, " bytes but the pickle declares ", s.type_name,
-           "[", s.numel, "] = ", s.nbytes(), " bytes");
-    checked(*r);
-    return zip_->bytes(*r);
+  // Bytes of the storage behind a tensor; checks the record holds exactly what the pickle says,
+  // and (`verify`, with ZipReadOptions::verify_crc_on_read) its CRC the first time it is taken.
+  // Planners pass verify = false and call verify_storage() when the bytes are really read, so a
+  // plan reads no tensor data.
+  std::span<const std::byte> storage_bytes(const pickle::StorageRef& s, bool verify = true) const {
+    const ZipRecord& r = storage_record(s);
+    if (verify) checked(r);
+    return zip_->bytes(r);
   }
+  // CRC-checks the record of a storage (once; thread-safe). No-op without verify_crc_on_read.
+  void verify_storage(const pickle::StorageRef& s) const { checked(storage_record(s)); }
   // Zero-copy strided view of a tensor. `what` names the tensor in errors.
-  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor") const {
+  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor", bool verify = true) const {
     if (!t.dtype) fail(file_name(), ": ", what, " has dtype torch.", t.dtype_name, ", which ckbridge does not support");
-    auto bytes = storage_bytes(t.storage);
+    auto bytes = storage_bytes(t.storage, verify);
     const std::size_t es = dtype_size(*t.dtype);
     // Bounds were checked against the declared storage size when unpickling; the record size matches it.
     const std::byte* p = bytes.data() + static_cast<std::size_t>(t.storage_offset) * es;
@@ -76,13 +77,21 @@ public:
   struct TeFp8Views {
     AnyConstView data, scale_inv;
   };
-  TeFp8Views te_fp8_views(const TeFp8BlockwiseRef& r, std::string_view what = "tensor") const {
+  TeFp8Views te_fp8_views(const TeFp8BlockwiseRef& r, std::string_view what = "tensor", bool verify = true) const {
     if (!r.rowwise_data || !r.rowwise_scale_inv)
       fail(file_name(), ": ", what, ": TE FP8 tensor has no rowwise data/scale_inv (columnwise-only is not supported)");
-    return {view(*r.rowwise_data, what), view(*r.rowwise_scale_inv, what)};
+    return {view(*r.rowwise_data, what, verify), view(*r.rowwise_scale_inv, what, verify)};
   }
 
 private:
+  const ZipRecord& storage_record(const pickle::StorageRef& s) const {
+    const ZipRecord* r = zip_->find("data/" + s.key);
+    if (!r) fail(file_name(), ": storage '", s.key, "' has no record '", zip_->prefix(), "/data/", s.key, "'");
+    if (r->size != s.nbytes())
+      fail(file_name(), ": record '", r->name, "' holds ", r->size, " bytes but the pickle declares ", s.type_name,
+           "[", s.numel, "] = ", s.nbytes(), " bytes");
+    return *r;
+  }
   void parse(const pickle::Limits& limits, const ZipReadOptions& zopts) {
     if (zopts.verify_crc_on_read && !zopts.verify_crc) {
       checked_ = std::make_unique<std::atomic<bool>[]>(zip_->records().size());
@@ -351,7 +360,9 @@ struct MegatronRankFile {
     if (!v || v->kind != pickle::Kind::Int) return std::nullopt;
     return v->i;
   }
-  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor") const { return file->view(t, what); }
+  AnyConstView view(const pickle::TensorRef& t, std::string_view what = "tensor", bool verify = true) const {
+    return file->view(t, what, verify);
+  }
 };
 
 inline MegatronRankFile load_megatron_rank_file(const std::filesystem::path& path, ZipReadOptions zopts = {},
