@@ -271,25 +271,14 @@ int main(int argc, char** argv) {
       // The source layout comes from the checkpoint itself (rank directory names, tensor names,
       // args in Megatron-LM's or LoongForge's naming). For MCore -> HF the layout flags may restate
       // it, but must not contradict it; for MCore -> MCore the flags describe the target.
-      convert::McoreLayoutHints hints;
-      hints.layer_prefix = nm.mcore_layer_prefix;
-      hints.mtp_layer_prefix = nm.mcore_mtp_layer_prefix;
-      hints.num_layers = shape.num_layers;
-      if (mc.num_experts > 0) hints.moe_ffn_hidden_size = mc.moe_ffn_hidden_size;
-      const convert::McoreLayout have = convert::read_mcore_layout(src, hints);
+      const convert::McoreLayout have = convert::read_mcore_layout(
+          src, convert::mcore_layout_hints(nm, shape.num_layers, mc.num_experts > 0 ? mc.moe_ffn_hidden_size : 0));
       if (!have.other_keys.empty()) {
         std::string keys;
         for (const auto& k : have.other_keys) keys += (keys.empty() ? "" : ", ") + k;
         std::fprintf(stderr, "note: %s: skipping the entries that are not weights (%s)\n", src.string().c_str(), keys.c_str());
       }
-      convert::ConvertOptions so = o;
-      // the source's vocabulary padding as written (--pad_vocab_size_to / --make_vocab_size_divisible_by)
-      if (have.padded_vocab_size) so.pad_vocab_size_to = *have.padded_vocab_size;
-      so.tp = have.tp;
-      so.ep = have.ep;
-      so.etp = have.etp;
-      so.grouped_gemm = have.grouped_gemm;
-      so.pipeline = have.pipeline();
+      convert::ConvertOptions so = convert::source_options(have, o);
       if (f.save_platform == "huggingface") {
         auto check = [&](const char* flag, bool given, const std::string& mine, const std::string& theirs,
                          const char* axis) {

@@ -66,18 +66,9 @@ void open_side(Side& s, const convert::NameMap& nm, const convert::ModelShape& s
     s.items = convert::hf_verify_items(*s.hf);
     return;
   }
-  convert::McoreLayoutHints hints;
-  hints.layer_prefix = nm.mcore_layer_prefix;
-  hints.mtp_layer_prefix = nm.mcore_mtp_layer_prefix;
-  hints.num_layers = shape.num_layers;
-  if (mc.num_experts > 0) hints.moe_ffn_hidden_size = mc.moe_ffn_hidden_size;
-  const convert::McoreLayout l = convert::read_mcore_layout(p, hints);
-  convert::ConvertOptions o;
-  o.tp = l.tp;
-  o.ep = l.ep;
-  o.etp = l.etp;
-  o.grouped_gemm = l.grouped_gemm;
-  o.pipeline = l.pipeline();
+  const convert::McoreLayout l = convert::read_mcore_layout(
+      p, convert::mcore_layout_hints(nm, shape.num_layers, mc.num_experts > 0 ? mc.moe_ffn_hidden_size : 0));
+  const convert::ConvertOptions o = convert::source_options(l);
   s.mcore = std::make_unique<convert::McoreCheckpoint>(p, l.second_index_is_ep);
   s.plan = convert::plan_mcore_to_hf<Model>(*s.mcore, nm, shape, mc, o);
   std::ostringstream k;

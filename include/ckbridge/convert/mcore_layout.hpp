@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "ckbridge/convert/names.hpp"
+#include "ckbridge/convert/options.hpp"
 #include "ckbridge/convert/pipeline_layout.hpp"
 #include "ckbridge/format/megatron_reader.hpp"
 
@@ -546,6 +548,29 @@ inline std::optional<std::string> pipeline_contradiction(const McoreLayout& l, c
            list_str(l.vp_decoder_layers) + " (" + l.source.at("layers") + ")";
   }
   return std::nullopt;
+}
+
+// The hints a model gives the reader: MCore names from the convert YAML's name map, sizes from
+// the model config (`moe_ffn_hidden_size` 0 for a dense model).
+inline McoreLayoutHints mcore_layout_hints(const NameMap& nm, int num_layers, std::int64_t moe_ffn_hidden_size) {
+  McoreLayoutHints h;
+  h.layer_prefix = nm.mcore_layer_prefix;
+  h.mtp_layer_prefix = nm.mcore_mtp_layer_prefix;
+  h.num_layers = num_layers;
+  if (moe_ffn_hidden_size > 0) h.moe_ffn_hidden_size = moe_ffn_hidden_size;
+  return h;
+}
+
+// `o` with the checkpoint's layout as the MCore side (the source of MCore -> HF / MCore -> MCore):
+// parallel sizes, expert naming, pipeline split and the vocabulary padding it was written with.
+inline ConvertOptions source_options(const McoreLayout& l, ConvertOptions o = {}) {
+  if (l.padded_vocab_size) o.pad_vocab_size_to = *l.padded_vocab_size;
+  o.tp = l.tp;
+  o.ep = l.ep;
+  o.etp = l.etp;
+  o.grouped_gemm = l.grouped_gemm;
+  o.pipeline = l.pipeline();
+  return o;
 }
 
 }  // namespace ckbridge::convert
