@@ -315,6 +315,15 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
       }
     }
   } random_access(ck);
+  // Ask for every scale's pages at once (asynchronous reads of exactly those ranges), so the checks
+  // below take page-cache hits instead of one synchronous read per scale tensor.
+  for (const auto& n : ck.names())
+    if (n.size() > nm.weight_scale_key.size() &&
+        n.compare(n.size() - nm.weight_scale_key.size(), nm.weight_scale_key.size(), nm.weight_scale_key) == 0) {
+      const auto l = ck.locate(n);
+      l.file.mapped().advise_willneed(static_cast<std::size_t>(l.file.file_offset(l.info)),
+                                      static_cast<std::size_t>(l.info.size_bytes()));
+    }
   for (const auto& n : ck.names()) plan.source_tensors.insert(n);
   plan.source_bytes = ck.total_size();
   for (const auto& n : ck.names()) plan.largest_source_tensor = std::max<std::uint64_t>(plan.largest_source_tensor, ck.view(n).size_bytes());
