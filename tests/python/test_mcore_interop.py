@@ -29,32 +29,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import traceback
 
 import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
-BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
-MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
-CFG = os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
-CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')
-
-PASSED, FAILED = [], []
-
-
-def check(name, fn, *args):
-    try:
-        fn(*args)
-        PASSED.append(name)
-        print('PASS', name, flush=True)
-    except Exception:  # noqa: BLE001 - report every failure, keep going
-        FAILED.append(name)
-        print('FAIL', name, flush=True)
-        traceback.print_exc()
+sys.path.insert(0, HERE)
+from ckb_harness import CFG, CONV, CONVERT, FAILED, MAKE_TINY, PASSED, VERIFY, check  # noqa: E402,F401
+import ckb_harness  # noqa: E402
 
 
 def run(args, expect_ok=True):
@@ -394,18 +376,7 @@ def run_all(work):
 
 
 def main():
-    for exe in (CONVERT, MAKE_TINY):
-        if not os.path.exists(exe):
-            print('missing %s (build the examples first)' % exe)
-            print('0 passed, 1 failed')
-            return 1
-    work = tempfile.mkdtemp(prefix='ckb_mcore_interop_')
-    try:
-        run_all(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print('%d passed, %d failed' % (len(PASSED), len(FAILED)))
-    return 0 if not FAILED else 1
+    return ckb_harness.main(run_all, (CONVERT, MAKE_TINY), 'ckb_mcore_interop_')
 
 
 if __name__ == '__main__':

@@ -21,8 +21,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
-import traceback
 
 import ml_dtypes
 import numpy as np
@@ -32,27 +30,9 @@ sys.path.insert(0, os.path.join(HERE, 'te_stub'))
 os.environ.setdefault('TE_STUB_VERSION', '2.9')
 import torch  # noqa: E402
 
-SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
-BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
-VERIFY = os.path.join(BUILD, 'examples', 'ckbridge_verify')
-MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
-CFG = os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
-CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')
+from ckb_harness import CFG, CONV, CONVERT, FAILED, MAKE_TINY, PASSED, VERIFY, check  # noqa: E402,F401
+import ckb_harness  # noqa: E402
 MODEL = ['--config_file', CFG, '--convert_file', CONV]
-
-PASSED, FAILED = [], []
-
-
-def check(name, fn, *args):
-    try:
-        fn(*args)
-        PASSED.append(name)
-        print('PASS', name, flush=True)
-    except Exception:  # noqa: BLE001
-        FAILED.append(name)
-        print('FAIL', name, flush=True)
-        traceback.print_exc()
 
 
 def run(args, rc=0):
@@ -272,18 +252,7 @@ def run_all(work):
 
 
 def main():
-    for exe in (CONVERT, VERIFY, MAKE_TINY):
-        if not os.path.exists(exe):
-            print('missing %s (build the examples first)' % exe)
-            print('0 passed, 1 failed')
-            return 1
-    work = tempfile.mkdtemp(prefix='ckb_verify_')
-    try:
-        run_all(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print('%d passed, %d failed' % (len(PASSED), len(FAILED)))
-    return 0 if not FAILED else 1
+    return ckb_harness.main(run_all, (CONVERT, VERIFY, MAKE_TINY), 'ckb_verify_')
 
 
 if __name__ == '__main__':
