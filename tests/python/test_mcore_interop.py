@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import traceback
 import sys
 
 import numpy as np
