@@ -27,7 +27,7 @@ elif ! command -v clang++ >/dev/null; then
 else
   echo "== fuzz targets, ${FUZZ_SECONDS} s each"
   # A time-bounded random search is not deterministic, so a new finding is reported loudly but fails
-  # the suite only with CKB_FUZZ_STRICT=1 (the seed corpora replay deterministically in every run).
+  # the suite only with CKB_FUZZ_STRICT=1 (the regression cases of fixed findings live in the unit tests).
   if ! CKB_FUZZ_BUILD_DIR="$PWD/fuzz" JOBS=$JOBS bash "$ROOT/tests/fuzz/run_fuzzers.sh" "$FUZZ_SECONDS"; then
     fuzz_note="fuzz targets: FINDING (see the libFuzzer output above; artifacts in $PWD/fuzz); not fatal without CKB_FUZZ_STRICT=1"
     [[ ${CKB_FUZZ_STRICT:-0} == 1 ]] && rc=1
