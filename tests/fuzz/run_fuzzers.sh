@@ -4,7 +4,8 @@
 # inputs go to build-fuzz/fuzz-work/<name>/corpus, crashes to .../artifacts).
 #
 #   tests/fuzz/run_fuzzers.sh [SECONDS] [NAME...]     SECONDS default 60; NAMEs default: all
-#   env: CKB_FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS (build parallelism, default 2)
+#   env: CKB_FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS (build parallelism, default 2),
+#        CKB_FUZZ_PARALLEL=1 (run the targets side by side)
 # Exit status is non-zero if any target fails to build or finds a crash.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,22 +28,40 @@ else
 fi
 
 status=0
+built=()
 for n in "${names[@]}"; do
   echo "=== fuzz_$n: build"
   if ! cmake --build "$build" --target "fuzz_$n" -j "${JOBS:-2}" >"$build/fuzz_$n.build.log" 2>&1; then
     tail -30 "$build/fuzz_$n.build.log"; status=1; continue
   fi
-  work="$build/fuzz-work/$n"
+  built+=("$n")
+done
+
+run_one() {  # run_one NAME: one target for $secs seconds; prints its result, returns non-zero on a finding
+  local n=$1 work="$build/fuzz-work/$1" seeds=()
   mkdir -p "$work/corpus" "$work/artifacts"
-  seeds=()
   [ -d "$src/tests/fuzz/corpus/$n" ] && seeds=("$src/tests/fuzz/corpus/$n")
-  echo "=== fuzz_$n: run ${secs}s"
   if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -timeout=30 -print_final_stats=1 \
        -artifact_prefix="$work/artifacts/" "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1; then
-    echo "=== fuzz_$n: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/log.txt" | grep -o '[0-9]*$') runs)"
+    echo "=== fuzz_$n: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/log.txt" | grep -o '[0-9]*$') runs," \
+         "$(grep -o 'cov: [0-9]*' "$work/log.txt" | tail -1), corpus $(ls "$work/corpus" | wc -l) inputs)"
   else
     echo "=== fuzz_$n: FAILED (log: $work/log.txt, inputs: $work/artifacts/)"
-    tail -40 "$work/log.txt"; status=1
+    tail -40 "$work/log.txt"; return 1
   fi
-done
+}
+
+# CKB_FUZZ_PARALLEL=1 runs the targets side by side (a long run of every target, e.g. 1800 s each,
+# then takes 1800 s of wall time instead of 1800 s per target).
+if [ "${CKB_FUZZ_PARALLEL:-0}" = 1 ]; then
+  echo "=== running ${#built[@]} targets side by side, ${secs}s each"
+  pids=()
+  for n in "${built[@]}"; do run_one "$n" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+else
+  for n in "${built[@]}"; do
+    echo "=== fuzz_$n: run ${secs}s"
+    run_one "$n" || status=1
+  done
+fi
 exit $status

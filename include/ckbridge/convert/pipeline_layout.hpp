@@ -213,9 +213,15 @@ struct LayoutParser {
         while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
         const auto n = parse_count(s.substr(b, i - b));
         if (!n) bad("'*' must be followed by a repeat count");
-        if (static_cast<double>(*n) * static_cast<double>(atom.size()) > 1e6) bad("expansion too large");
+        // A repeat count is bounded by itself too: an empty atom ("()*99999999999") expands to
+        // nothing, but a loop over the count would still run that many times.
+        if (*n > 1'000'000 || static_cast<double>(*n) * static_cast<double>(atom.size()) > 1e6)
+          bad("expansion too large");
         std::string rep;
-        for (long long k = 0; k < *n; ++k) rep += atom;
+        if (!atom.empty()) {
+          rep.reserve(atom.size() * static_cast<std::size_t>(*n));
+          for (long long k = 0; k < *n; ++k) rep += atom;
+        }
         atom = std::move(rep);
       }
       // The whole expansion is bounded, not only each repeat: "(t*999999)" many times over
