@@ -5,7 +5,8 @@
 #
 #   tests/fuzz/run_fuzzers.sh [SECONDS] [NAME...]     SECONDS default 60; NAMEs default: all
 #   env: CKB_FUZZ_BUILD_DIR (default <repo>/build-fuzz), JOBS (build parallelism, default 2),
-#        CKB_FUZZ_PARALLEL=1 (run the targets side by side)
+#        CKB_FUZZ_PARALLEL=1 (run the targets side by side), CKB_FUZZ_TIMEOUT (seconds per input before
+#        libFuzzer reports a hang, default 30; its clock is wall time, so raise it on a loaded machine)
 # Exit status is non-zero if any target fails to build or finds a crash.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,7 +42,7 @@ run_one() {  # run_one NAME: one target for $secs seconds; prints its result, re
   local n=$1 work="$build/fuzz-work/$1" seeds=()
   mkdir -p "$work/corpus" "$work/artifacts"
   [ -d "$src/tests/fuzz/corpus/$n" ] && seeds=("$src/tests/fuzz/corpus/$n")
-  if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -timeout=30 -print_final_stats=1 \
+  if "$build/tests/fuzz/fuzz_$n" -max_total_time="$secs" -timeout="${CKB_FUZZ_TIMEOUT:-30}" -print_final_stats=1 \
        -artifact_prefix="$work/artifacts/" "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1; then
     echo "=== fuzz_$n: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/log.txt" | grep -o '[0-9]*$') runs," \
          "$(grep -o 'cov: [0-9]*' "$work/log.txt" | tail -1), corpus $(ls "$work/corpus" | wc -l) inputs)"

@@ -620,6 +620,12 @@ BOOST_AUTO_TEST_CASE(hostile_yaml) {
   // Duplicate keys: refused with file, line and key (yaml-cpp keeps both; lookups see the first).
   const auto f3 = write("dup.yaml", "a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\n");
   expect_error([&] { load_yaml(f3); }, {f3.string(), "line 5", "duplicate key 'b.c'"});
+  // Fuzz finding: a defaults entry whose file name is longer than the OS allows made
+  // std::filesystem throw filesystem_error (ENAMETOOLONG) out of the loader.
+  const auto f_long = write("long_default.yaml", "defaults:\n  - " + std::string(300, 'Y') + "\n  - _self_\nx: 1\n");
+  expect_error([&] { load_yaml(f_long); }, {f_long.string(), "defaults entry", "not found"});
+  const auto f_long2 = write("long_default2.yaml", "defaults:\n  - g: " + std::string(300, 'Y') + "\nx: 1\n");
+  expect_error([&] { load_yaml(f_long2); }, {f_long2.string(), "defaults entry"});
   fs::remove_all(dir);
 }
 

@@ -123,6 +123,13 @@ inline std::vector<long long> eval_list_expression(std::string_view expr, std::s
 }
 
 namespace detail {
+// Whether p names a regular file; a name the OS refuses (too long, a NUL-free but invalid path)
+// counts as no file instead of throwing std::filesystem::filesystem_error.
+inline bool regular_file(const std::filesystem::path& p) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(p, ec);
+}
+
 
 using Path = std::vector<std::string>;
 
@@ -336,7 +343,7 @@ private:
     // An option that names a file (override "group@pkg=path/to/model.yaml") is used as is.
     if (option.ends_with(".yaml") || option.ends_with(".yml") || option.find('/') != std::string::npos) {
       std::filesystem::path f(option);
-      if (std::filesystem::is_regular_file(f)) return std::filesystem::absolute(f);
+      if (detail::regular_file(f)) return std::filesystem::absolute(f);
     }
     const bool absolute = !group.empty() && group[0] == '/';
     const std::string g = absolute ? group.substr(1) : group;
@@ -352,7 +359,7 @@ private:
     for (const auto& r : roots) {
       for (const char* ext : {".yaml", ".yml"}) {
         auto f = r / g / (option + ext);
-        if (std::filesystem::is_regular_file(f)) return f;
+        if (detail::regular_file(f)) return f;
       }
     }
     return std::nullopt;
@@ -937,7 +944,7 @@ inline YAML::Node resolve_interpolations(YAML::Node root, const LoadOptions& opt
 
 // Loads and composes `file` (see the header comment) and resolves every interpolation.
 inline YAML::Node load_yaml(const std::filesystem::path& file, const LoadOptions& opt = {}) {
-  if (!std::filesystem::is_regular_file(file)) fail(file.string(), ": config file not found");
+  if (!detail::regular_file(file)) fail(file.string(), ": config file not found");
   detail::Composer c(opt, file);
   YAML::Node root;
   try {
