@@ -156,7 +156,9 @@ def hf_layer_tensors(f, L, hp):
 
 
 def hf_tensors(f):
-    """Every HF tensor of the family's tiny model: [(key, shape, kind)] in file order."""
+    """Every HF tensor of the family's tiny model: [(key, shape, kind)] in file order (kind
+    'copy:<key>': the same values as that tensor, as DeepSeek-V3's MTP copies of the embedding and
+    the output head)."""
     P, H, V = f.prefix, f.H, f.V
     t = [(P + 'model.embed_tokens.weight', [V, H], 'embed')]
     for L in range(f.N):
@@ -170,7 +172,8 @@ def hf_tensors(f):
             hp = P + 'model.layers.%d.' % L
             t += [(hp + 'enorm.weight', [H], 'norm'), (hp + 'hnorm.weight', [H], 'norm'),
                   (hp + 'eh_proj.weight', [H, 2 * H], 'mtp_linear'), (hp + 'shared_head.norm.weight', [H], 'norm'),
-                  (hp + 'shared_head.head.weight', [V, H], 'embed'), (hp + 'embed_tokens.weight', [V, H], 'embed')]
+                  (hp + 'shared_head.head.weight', [V, H], 'copy:' + P + 'lm_head.weight'),
+                  (hp + 'embed_tokens.weight', [V, H], 'copy:' + P + 'model.embed_tokens.weight')]
             t += hf_layer_tensors(f, L, hp)
         elif f.mtp == 'mimo':
             hp = P + 'model.mtp_layers.%d.' % i
@@ -266,6 +269,9 @@ def generate(f, out, dtype='bf16', seed=0, shards=2):
     tensors = []
     np_dt = {'BF16': ml_dtypes.bfloat16, 'F16': np.float16}[f.dtype]
     for key, shape, kind in hf_tensors(f):
+        if kind.startswith('copy:'):  # DeepSeek's MTP embed_tokens / shared_head.head: the main tensors' data
+            tensors.append((key, dict(tensors)[kind[5:]].copy()))
+            continue
         if kind == 'norm':
             x = 1.0 + 0.1 * rng.standard_normal(shape, np.float32)
         elif kind == 'rbias':
