@@ -9,7 +9,9 @@ TransformerEngine and a GPU).
 PYTHON must have torch, hydra-core, omegaconf, safetensors, psutil, PyYAML, numpy, ml_dtypes.
 LoongForge's convert YAMLs are used unchanged except where the tiny model needs an edit, printed
 per run: Llama 2 / 3.1 hard-code vocab_size (32000 / 128256) -> run once unchanged (shows its
-padding of the 1000-token vocabulary) and once with vocab_size from the model;
+padding of the 1000-token vocabulary) and once with vocab_size from the model (the tiny Llama 3
+uses ckbridge's llama3 model YAML with LoongForge's llama3_convert.yaml, same edit); Llama 2: the
+model YAML copy states num_query_groups (LoongForge crashes on its own `null`);
 DeepSeek-V3: mtp_layer_id 61 -> num_layers and mtp_eh_proj dtype fp8 -> bf16 (as
 loongforge_interop.sh). A LoongForge run is also checked for writing at least one tensor.
 """
@@ -33,13 +35,11 @@ LAYOUTS = {
     'moe': [L('tp2_pp2_ep2_etp1_grouped', tp=2, pp=2, ep=2, etp=1, grouped=True),
             L('tp1_pp2_ep4_seq', pp=2, ep=4), L('tp2_ep2_etp2_grouped', tp=2, ep=2, etp=2, grouped=True)],
 }
-LF_CONVERT_NAMES = {  # convert YAMLs are LoongForge's: same file names in its tree
-}
 
 
 def lf_yaml_edits(f, text, vocab_fix):
     edits = []
-    if vocab_fix and f.name in ('llama2', 'llama3_1'):
+    if vocab_fix and f.name in ('llama2', 'llama3_1', 'llama3'):
         text, n = re.subn(r'\n    vocab_size: (32000|128256)\n', '\n    vocab_size: ${module.vocab_size}\n', text)
         edits.append('vocab_size -> ${module.vocab_size} (%d)' % n)
     if f.name == 'deepseek_v3':
@@ -103,12 +103,20 @@ def main():
         if not os.path.exists(src):
             fam.generate(f, src)
         hf = cn.read_hf(src)
-        variants = [False, True] if f.name in ('llama2', 'llama3_1') else [True]
+        variants = [False, True] if f.name in ('llama2', 'llama3_1', 'llama3') else [True]
         for vocab_fix in variants:
             root = os.path.join(work, name, 'lfroot' + ('_vocabfix' if vocab_fix else ''))
             gdir = os.path.join(root, 'configs', 'models', f.group)
             os.makedirs(os.path.join(gdir, 'ckpt_convert'), exist_ok=True)
             shutil.copy(f.tiny, gdir)
+            if f.name == 'llama2':
+                # LoongForge's own llama2 model YAMLs say num_query_groups: null (MHA); its
+                # converter then fails (TypeError in HfAttnGateQkvConverter): state the groups
+                p = os.path.join(gdir, os.path.basename(f.tiny))
+                with open(p) as fh:
+                    t = fh.read().replace('\nnum_query_groups: null\n', '\nnum_query_groups: %d\n' % f.heads)
+                with open(p, 'w') as fh:
+                    fh.write(t)
             lf_conv = os.path.join(lf_src, 'configs', 'models', 'deepseek3' if f.name == 'deepseek_v3' else f.group,
                                    'ckpt_convert', os.path.basename(f.convert))
             text, edits = lf_yaml_edits(f, open(lf_conv).read(), vocab_fix)

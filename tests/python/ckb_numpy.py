@@ -78,7 +78,7 @@ def dequant(data_u8, scale):
     return E4M3_F32[data_u8] * expand_scale(s, m, n)
 
 
-def quant_te(x, pow2):
+def quant_te(x, pow2=True):
     """TE Float8BlockQuantizer (128x128, e4m3, amax_epsilon 0), reference spec fp8-blockwise §9."""
     x = np.asarray(x, np.float32)
     m, n = x.shape

@@ -230,7 +230,6 @@ def run_family(f, work):
 
     a_name, b_name = RESHARD[f.moe]
     if a_name in done:
-        lay_a = [x for x in layouts(f) if x.name == a_name][0]
         lay_b = [x for x in layouts(f) if x.name == b_name][0]
 
         def reshard():
