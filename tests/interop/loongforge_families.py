@@ -33,7 +33,8 @@ L = fam.Layout
 LAYOUTS = {
     'dense': [L('tp1_pp1'), L('tp2_pp2', tp=2, pp=2), L('tp1_pp2_vpp2', pp=2, vpp=2)],
     'moe': [L('tp2_pp2_ep2_etp1_grouped', tp=2, pp=2, ep=2, etp=1, grouped=True),
-            L('tp1_pp2_ep4_seq', pp=2, ep=4), L('tp2_ep2_etp2_grouped', tp=2, ep=2, etp=2, grouped=True)],
+            L('tp1_pp2_ep4_seq', pp=2, ep=4), L('tp2_ep2_etp2_grouped', tp=2, ep=2, etp=2, grouped=True),
+            L('tp1_pp2_vpp2_ep2_grouped', pp=2, vpp=2, ep=2, grouped=True)],
 }
 
 
