@@ -3,7 +3,8 @@ tests/python/ckb_families.py and runs a forward pass. Needs torch and transforme
 
     python tests/interop/hf_families_forward.py DIR...     (each DIR written by ckb_families.py)
 
-Prints per checkpoint: the class used, missing / unexpected / mismatched keys, and the logits'
+Loads with AutoModelForCausalLM.from_pretrained (the class must be the config's architecture) and
+prints per checkpoint: the class used, missing / unexpected / mismatched keys, and the logits'
 shape and whether they are finite. MiMo (remote code upstream) is loaded as Qwen2ForCausalLM, which
 has no MTP module (its model.mtp_layers.* keys are then the expected unexpected keys); Kimi K2 (HF
 names under `language_model.`, as LoongForge's YAMLs say) as DeepseekV3ForCausalLM with that
@@ -39,12 +40,17 @@ def load_dir(d):
     save_file(sd, os.path.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
     with open(os.path.join(tmp, 'config.json'), 'w') as f:
         json.dump(cfg, f)
-    cls = getattr(transformers, arch)
-    model, info = cls.from_pretrained(tmp, output_loading_info=True, dtype=torch.float32)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp, output_loading_info=True,
+                                                                    dtype=torch.float32)
+    assert type(model).__name__ == arch, (type(model).__name__, arch)
     model.eval()
     ids = torch.arange(0, 16).reshape(1, 16) % cfg['vocab_size']
     with torch.no_grad():
         logits = model(input_ids=ids).logits
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert tied == cfg['tie_word_embeddings'], ('tied', tied, cfg['tie_word_embeddings'])
+    rope = getattr(model.config, 'rope_parameters', None) or {}
+    note = ('tied, ' if tied else '') + 'rope %s' % rope.get('rope_type', '?') + (', ' + note if note else '')
     return arch, note, info, logits
 
 
