@@ -4,7 +4,9 @@ in a few layouts and compares every tensor of its rank files with the numpy expe
 ckb_families.expected_mcore (keys, dtype, shape, bytes). BF16 only (LoongForge's FP8 paths need
 TransformerEngine and a GPU).
 
-    python tests/interop/loongforge_families.py LOONGFORGE_SRC WORK [family[:layout] ...]
+    python tests/interop/loongforge_families.py [--back] LOONGFORGE_SRC WORK [family[:layout] ...]
+
+--back: also LoongForge MCore -> HF from its own output, every tensor compared with the source.
 
 PYTHON must have torch, hydra-core, omegaconf, safetensors, psutil, PyYAML, numpy, ml_dtypes.
 LoongForge's convert YAMLs are used unchanged except where the tiny model needs an edit, printed
@@ -88,9 +90,33 @@ def compare(f, hf, layout, out):
     return msgs or ['OK: %d files, %d tensors identical to the numpy expectation' % (len(exp), n)]
 
 
+def compare_back(src, got):
+    miss, extra = sorted(set(src) - set(got)), sorted(set(got) - set(src))
+    msgs = ['missing %s' % miss[:6]] if miss else []
+    msgs += ['extra %s' % extra[:6]] if extra else []
+    same = 0
+    for k in sorted(set(src) & set(got)):
+        (da, a), (db, b) = src[k], got[k]
+        if da != db or a.shape != b.shape:
+            msgs.append('%s: %s %s, source %s %s' % (k, db, b.shape, da, a.shape))
+        elif a.tobytes() != b.tobytes():
+            msgs.append('%s: values differ' % k)
+        else:
+            same += 1
+    return msgs or ['OK: %d HF tensors identical to the source' % same]
+
+
+BACK = False
+
+
 def main():
-    lf_src, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    want = sys.argv[3:]
+    global BACK
+    args = sys.argv[1:]
+    if args and args[0] == '--back':  # also LoongForge MCore -> HF from its own output
+        BACK = True
+        args = args[1:]
+    lf_src, work = os.path.abspath(args[0]), os.path.abspath(args[1])
+    want = args[2:]
     os.makedirs(work, exist_ok=True)
     results = []
     for name, f in fam.FAMILIES.items():
@@ -147,6 +173,21 @@ def main():
                     continue
                 results.append((tag, edits, compare(f, hf, lay, out)))
                 print(tag, edits, results[-1][2][:4], flush=True)
+                if BACK and vocab_fix:  # LoongForge MCore -> HF from its own output, against the source
+                    back = out + '_back'
+                    shutil.rmtree(back, ignore_errors=True)
+                    cmd_b = [x.replace('--load_platform=huggingface', '--load_platform=mcore')
+                             .replace('--save_platform=mcore', '--save_platform=huggingface')
+                             .replace('--load_ckpt_path=' + src, '--load_ckpt_path=' + os.path.join(out, 'release'))
+                             .replace('--save_ckpt_path=' + out, '--save_ckpt_path=' + back) for x in cmd]
+                    r = subprocess.run(cmd_b, capture_output=True, text=True, cwd=work,
+                                       env=dict(os.environ, LOONGFORGE_PATH=root))
+                    if r.returncode != 0:
+                        msgs = ['LoongForge MCore -> HF rc %d: %s' % (r.returncode, (r.stderr or r.stdout)[-600:])]
+                    else:
+                        msgs = compare_back(hf, cn.read_hf(back))
+                    results.append((tag + ' back', edits, msgs))
+                    print(tag + ' back', msgs[:4], flush=True)
     print('\n==== summary')
     bad = 0
     for tag, edits, msgs in results:
