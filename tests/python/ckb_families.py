@@ -85,7 +85,7 @@ def _families():
         F('llama2', 'llama2', 'llama2_tiny.yaml', 'llama2_convert.yaml', 'LlamaForCausalLM', 'llama', dtype='F16'),
         F('qwen2', 'qwen2', 'qwen2_tiny.yaml', 'qwen2_convert.yaml', 'Qwen2ForCausalLM', 'qwen2', qkv_bias=True),
         F('qwen2_5', 'qwen2.5', 'qwen2_5_tiny.yaml', 'qwen2_5_convert_llm.yaml', 'Qwen2ForCausalLM', 'qwen2',
-          qkv_bias=True),
+          qkv_bias=True, extra_converts={'vl_language_model': 'qwen2_5_convert.yaml'}),  # not in the matrix
         F('qwen3', 'qwen3', 'qwen3_tiny.yaml', 'qwen3_convert.yaml', 'Qwen3ForCausalLM', 'qwen3', qk_norm=True,
           fp8=True),
         F('qwen3_moe', 'qwen3', 'qwen3_moe_tiny.yaml', 'qwen3_moe_convert.yaml', 'Qwen3MoeForCausalLM', 'qwen3_moe',
@@ -106,6 +106,30 @@ def _families():
 
 
 FAMILIES = _families()
+
+# sha256 of LoongForge's convert YAMLs at commit c6275661 (configs/models/<group>/ckpt_convert/):
+# the copies under configs/<group>/ckpt_convert/ must stay byte-identical (issue 11). llama3 and
+# deepseek_v3 use ckbridge's edited copies (their headers say what differs).
+LOONGFORGE_SHA256 = {
+    'deepseek2/ckpt_convert/deepseek_v2_convert.yaml': '42d01fbfe3a0923923f2bf356a0bbeb4ebee2598c20986835e773e39257e0dd7',
+    'deepseek2/ckpt_convert/deepseek_v2_lite_convert.yaml':
+        'dde83e064e7c350ca56f476859a18ea76716db248886fdc9b863cbefabe81653',
+    'kimi_k2/ckpt_convert/kimi_k2_convert.yaml': 'bdf95905881625d05d2f1a0b662d003a9ad6887ac8b92d32543bc59908984079',
+    'kimi_k2/ckpt_convert/kimi_k2_convert_bf16.yaml': '1bac2f4084773a9f112a1836042f72989096ec64f621cd0aa141fcefb4e70440',
+    'llama2/ckpt_convert/llama2_convert.yaml': '65c32190ce38730cd921f9d70c66af5760621d8713756ed32a6a6d917cfb5583',
+    'llama3/ckpt_convert/llama3_1_convert.yaml': '0c1f786d4e1e77c4cf1a42fc4248c7cecbb39ae0c6167cf1275eda6cc96f3efa',
+    'mimo/ckpt_convert/mimo_convert.yaml': '8ae58a1452db452c2322a2e50d58cd446bd77a01e78c319dbb7e47df2a38b1a1',
+    'qwen2.5/ckpt_convert/qwen2_5_convert.yaml': '28db830307aa63f5ac979a6ab74372bdb139ec39f2b54f11fdb0761a2e7c10bf',
+    'qwen2.5/ckpt_convert/qwen2_5_convert_llm.yaml': '096fdb67b9c55015bb604986eaf6285b6dfffb7bd2224e57efcc721ee143ddf1',
+    'qwen2/ckpt_convert/qwen2_convert.yaml': 'f1d6643e0596a8c8a53125eed6ed565f2ae3c09d5624d6f02d37c7bd540716ec',
+    'qwen3/ckpt_convert/qwen3_convert.yaml': '3ff75dfe4643e29501116468ddf0b6b4e894a641b3295c1c9b4943cb46cb807c',
+    'qwen3/ckpt_convert/qwen3_moe_convert.yaml': '3108eb76508fe6e805b980cbe567cca162d40a0244022f2b3bd35656d0749501',
+}
+
+
+def convert_yamls(f):
+    """The family's convert YAML paths relative to configs/ (default first)."""
+    return [os.path.relpath(p, CONFIGS) for p in [f.convert] + list(f.extra_converts.values())]
 
 
 # ----------------------------------------------------------------------------------- HF tensors

@@ -205,7 +205,22 @@ def supported(f, work):
         raise Unsupported(lines[0])
 
 
+def check_yamls_unchanged(f):
+    import hashlib
+    n = 0
+    for rel in fam.convert_yamls(f):
+        want = fam.LOONGFORGE_SHA256.get(rel)
+        if want is None:
+            continue  # ckbridge's own edited copy (llama3, deepseek_v3)
+        with open(os.path.join(fam.CONFIGS, rel), 'rb') as fh:
+            got = hashlib.sha256(fh.read()).hexdigest()
+        assert got == want, 'configs/%s is no longer byte-identical to LoongForge\'s (sha256 %s)' % (rel, got)
+        n += 1
+    print('    %d convert YAML(s) byte-identical to LoongForge\'s' % n)
+
+
 def run_family(f, work):
+    h.check('%s: convert YAML(s) are LoongForge\'s, unchanged' % f.name, check_yamls_unchanged, f)
     supported(f, work)
     srcs = {}
 
