@@ -172,10 +172,16 @@ def check_mcore(f, hf, lay, out):
     print('    %d files; %s' % (len(exp), ', '.join('%d %s' % (n, k) for k, n in sorted(counts.items()))))
 
 
-def check_back(f, src, back):
+def check_back(f, lay, src, back):
     a, b = cn.read_hf(src), cn.read_hf(back)
     assert set(a) == set(b), 'HF tensors: missing %s; extra %s' % (sorted(set(a) - set(b))[:8],
                                                                     sorted(set(b) - set(a))[:8])
+    if lay.convert == 'fp8_training':
+        # Kimi's FP8-training YAML: q_a_proj / kv_a_proj_with_mqa are FP8 in MCore (quantized from the
+        # BF16 source) and BF16 in HF (`dtype: bf16`): back as bf16(dequant(quant(source))), RNE
+        for k in [k for k in a if k.endswith(('self_attn.q_a_proj.weight', 'self_attn.kv_a_proj_with_mqa.weight'))]:
+            q, sc = cn.quant_te(cn.bf16_to_f32(a[k][1]), True)
+            a[k] = ('BF16', cn.f32_to_bf16(cn.dequant(q, sc)))
     for k in a:
         assert a[k][0] == b[k][0] and a[k][1].shape == b[k][1].shape, (k, a[k][0], b[k][0], a[k][1].shape,
                                                                        b[k][1].shape)
@@ -246,7 +252,7 @@ def run_family(f, work):
 
         def rev(lay=lay, out=out, back=back):
             convert(f, lay, os.path.join(out, 'release'), back, 'mcore', 'huggingface')
-            check_back(f, srcs[lay.src], back)
+            check_back(f, lay, srcs[lay.src], back)
         h.check('%s %s: MCore -> HF byte-identical tensors, config.json' % (f.name, lay.name), rev)
 
     a_name, b_name = RESHARD[f.moe]
