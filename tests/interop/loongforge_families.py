@@ -159,7 +159,8 @@ def main():
             for lay in runs:
                 out = os.path.join(work, name, lay.name + ('' if vocab_fix else '_lf_vocab'))
                 shutil.rmtree(out, ignore_errors=True)
-                cmd = [sys.executable, os.path.join(lf_src, 'tools', 'convert_checkpoint', 'module_convertor', 'model.py'),
+                model_py = os.path.join(lf_src, 'tools', 'convert_checkpoint', 'module_convertor', 'model.py')
+                cmd = [sys.executable, model_py,
                        '--load_platform=huggingface', '--save_platform=mcore', '--config_file', cfg,
                        '--convert_file', conv, '--load_ckpt_path=' + src, '--save_ckpt_path=' + out,
                        '--safetensors', '--max_workers=2'] + [str(x) for x in lay.converter_flags(f.moe)]
@@ -169,7 +170,8 @@ def main():
                                    env=dict(os.environ, LOONGFORGE_PATH=root))
                 tag = '%s %s%s' % (name, lay.name, '' if vocab_fix else ' (YAML unchanged)')
                 if r.returncode != 0:
-                    results.append((tag, edits, ['LoongForge rc %d: %s' % (r.returncode, (r.stderr or r.stdout)[-600:])]))
+                    err = (r.stderr or r.stdout)[-600:]
+                    results.append((tag, edits, ['LoongForge rc %d: %s' % (r.returncode, err)]))
                     continue
                 results.append((tag, edits, compare(f, hf, lay, out)))
                 print(tag, edits, results[-1][2][:4], flush=True)
@@ -193,7 +195,8 @@ def main():
     for tag, edits, msgs in results:
         ok = msgs[0].startswith('OK')
         bad += not ok
-        print('%-4s %-45s %s %s' % ('PASS' if ok else 'DIFF', tag, msgs[0][:150], ('edits: ' + '; '.join(edits)) if edits else ''))
+        print('%-4s %-45s %s %s' % ('PASS' if ok else 'DIFF', tag, msgs[0][:150],
+                                    ('edits: ' + '; '.join(edits)) if edits else ''))
         for m in msgs[1:6]:
             print('       ', m[:200])
     return 1 if bad else 0

@@ -115,7 +115,8 @@ LOONGFORGE_SHA256 = {
     'deepseek2/ckpt_convert/deepseek_v2_lite_convert.yaml':
         'dde83e064e7c350ca56f476859a18ea76716db248886fdc9b863cbefabe81653',
     'kimi_k2/ckpt_convert/kimi_k2_convert.yaml': 'bdf95905881625d05d2f1a0b662d003a9ad6887ac8b92d32543bc59908984079',
-    'kimi_k2/ckpt_convert/kimi_k2_convert_bf16.yaml': '1bac2f4084773a9f112a1836042f72989096ec64f621cd0aa141fcefb4e70440',
+    'kimi_k2/ckpt_convert/kimi_k2_convert_bf16.yaml':
+        '1bac2f4084773a9f112a1836042f72989096ec64f621cd0aa141fcefb4e70440',
     'llama2/ckpt_convert/llama2_convert.yaml': '65c32190ce38730cd921f9d70c66af5760621d8713756ed32a6a6d917cfb5583',
     'llama3/ckpt_convert/llama3_1_convert.yaml': '0c1f786d4e1e77c4cf1a42fc4248c7cecbb39ae0c6167cf1275eda6cc96f3efa',
     'mimo/ckpt_convert/mimo_convert.yaml': '8ae58a1452db452c2322a2e50d58cd446bd77a01e78c319dbb7e47df2a38b1a1',
