@@ -111,7 +111,8 @@ FAMILIES = _families()
 # the copies under configs/<group>/ckpt_convert/ must stay byte-identical (issue 11). llama3 and
 # deepseek_v3 use ckbridge's edited copies (their headers say what differs).
 LOONGFORGE_SHA256 = {
-    'deepseek2/ckpt_convert/deepseek_v2_convert.yaml': '42d01fbfe3a0923923f2bf356a0bbeb4ebee2598c20986835e773e39257e0dd7',
+    'deepseek2/ckpt_convert/deepseek_v2_convert.yaml':
+        '42d01fbfe3a0923923f2bf356a0bbeb4ebee2598c20986835e773e39257e0dd7',
     'deepseek2/ckpt_convert/deepseek_v2_lite_convert.yaml':
         'dde83e064e7c350ca56f476859a18ea76716db248886fdc9b863cbefabe81653',
     'kimi_k2/ckpt_convert/kimi_k2_convert.yaml': 'bdf95905881625d05d2f1a0b662d003a9ad6887ac8b92d32543bc59908984079',
