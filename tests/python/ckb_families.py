@@ -286,8 +286,25 @@ def is_fp8_weight(key, kind):
     return kind == 'linear'
 
 
-def generate(f, out, dtype='bf16', seed=0, shards=2):
-    """Writes the family's tiny HF checkpoint: `shards` safetensors files + index, config.json."""
+def distinguishing_tensor(f):
+    """An HF tensor only this family's policy expects (a refusal test drops it)."""
+    P, h = f.prefix, f.prefix + 'model.layers.1.'
+    if f.mtp == 'mimo':
+        return P + 'model.mtp_layers.0.input_proj.weight'
+    if f.qk_norm:
+        return h + 'self_attn.q_norm.weight'
+    if f.qkv_bias:
+        return h + 'self_attn.k_proj.bias'
+    if f.router_bias:
+        return h + 'mlp.gate.e_score_correction_bias'
+    if f.attn == 'mla':
+        return h + ('self_attn.q_a_layernorm.weight' if f.q_lora else 'self_attn.q_proj.weight')
+    return h + 'self_attn.k_proj.weight'
+
+
+def generate(f, out, dtype='bf16', seed=0, shards=2, drop=None, extra=None):
+    """Writes the family's tiny HF checkpoint: `shards` safetensors files + index, config.json.
+    drop: a key left out; extra: (key, shape) of an additional BF16 tensor (refusal tests)."""
     from safetensors.numpy import save_file
     assert dtype in ('bf16', 'fp8') and (dtype == 'bf16' or f.fp8), (f.name, dtype)
     rng = np.random.default_rng(seed)
@@ -311,6 +328,11 @@ def generate(f, out, dtype='bf16', seed=0, shards=2):
             tensors.append((key[:-len('weight')] + 'weight_scale_inv', s))
         else:
             tensors.append((key, x.astype(np_dt)))
+    if drop:
+        assert drop in dict(tensors), drop
+        tensors = [(k, a) for k, a in tensors if k != drop]
+    if extra:
+        tensors.append((extra[0], (0.05 * rng.standard_normal(extra[1], np.float32)).astype(np_dt)))
     per = (len(tensors) + shards - 1) // shards
     weight_map, total = {}, 0
     for i in range(shards):

@@ -255,6 +255,28 @@ def run_family(f, work):
             check_back(f, lay, srcs[lay.src], back)
         h.check('%s %s: MCore -> HF byte-identical tensors, config.json' % (f.name, lay.name), rev)
 
+    def refusals():
+        # a checkpoint that does not match the family: refused before anything is written, naming
+        # the first offending tensor (issue 11)
+        for what, kw, key in (
+                ('missing', {'drop': fam.distinguishing_tensor(f)}, fam.distinguishing_tensor(f)),
+                ('extra', {'extra': (f.prefix + 'model.layers.1.self_attn.unknown_proj.weight', [8, f.H])},
+                 f.prefix + 'model.layers.1.self_attn.unknown_proj.weight')):
+            bad, out = os.path.join(work, 'bad_' + what), os.path.join(work, 'bad_' + what + '_out')
+            fam.generate(f, bad, **kw)
+            lay = layouts(f)[1]
+            try:
+                convert(f, lay, bad, out, 'huggingface', 'mcore')
+            except AssertionError as e:
+                msg = str(e)
+            else:
+                raise AssertionError('a source with a %s tensor %s was converted' % (what, key))
+            assert key in msg, 'the refusal does not name %s:\n%s' % (key, msg[-1500:])
+            assert not os.path.exists(out) or not os.listdir(out), 'output written although refused: %s' % (
+                os.listdir(out))
+        print('    missing %s and extra tensor refused, named, nothing written' % fam.distinguishing_tensor(f))
+    h.check('%s: a missing / an extra tensor refused before writing, naming it' % f.name, refusals)
+
     a_name, b_name = RESHARD[f.moe]
     if a_name in done:
         lay_b = [x for x in layouts(f) if x.name == b_name][0]
