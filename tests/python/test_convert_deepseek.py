@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,11 @@ sys.path.insert(0, os.path.join(HERE, 'te_stub'))
 os.environ.setdefault('TE_STUB_VERSION', '2.9')  # the converter's default --te_version
 
 import torch  # noqa: E402
+
+sys.path.insert(0, HERE)
+# the numpy references shared with the other converter tests (readers, FP8 numerics, TP / PP / EP rules)
+from ckb_numpy import (E4M3_F32, ST_DTYPES, aligned, balanced, bf16_to_f32, dequant, etp_map,  # noqa: E402,F401
+                       expand_layout, expand_scale, is_pow2, pad4, quant_te, read_hf, read_safetensors, split, t2np)
 
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
@@ -91,47 +95,6 @@ M = Model()
 
 
 # ----------------------------------------------------------------------------------- file readers
-ST_DTYPES = {'BF16': np.uint16, 'F16': np.uint16, 'F32': np.float32, 'F8_E4M3': np.uint8, 'I64': np.int64}
-
-
-def read_safetensors(path):
-    """Own reader (the safetensors package has no FP8 in its numpy API): key -> (dtype, array)."""
-    with open(path, 'rb') as f:
-        buf = f.read()
-    n = struct.unpack_from('<Q', buf, 0)[0]
-    hdr = json.loads(buf[8:8 + n])
-    out = {}
-    for k, v in hdr.items():
-        if k == '__metadata__':
-            continue
-        dt = np.dtype(ST_DTYPES[v['dtype']])
-        b, e = v['data_offsets']
-        arr = np.frombuffer(buf, dtype=dt, count=(e - b) // dt.itemsize, offset=8 + n + b).reshape(v['shape'])
-        out[k] = (v['dtype'], arr)
-    return out
-
-
-def read_hf(d):
-    out = {}
-    for p in sorted(glob.glob(os.path.join(d, '*.safetensors'))):
-        for k, v in read_safetensors(p).items():
-            assert k not in out, 'duplicate tensor %s in %s' % (k, d)
-            out[k] = v
-    return out
-
-
-def t2np(t):
-    """torch tensor -> (dtype name, numpy array of its raw values)."""
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        return 'BF16', t.view(torch.int16).numpy().view(np.uint16)
-    if t.dtype == torch.float32:
-        return 'F32', t.numpy()
-    if t.dtype == torch.float16:
-        return 'F16', t.numpy().view(np.uint16)
-    if t.dtype == torch.uint8:
-        return 'U8', t.numpy()
-    raise AssertionError('unexpected tensor dtype %s' % t.dtype)
 
 
 def load_mcore(path):
@@ -139,60 +102,6 @@ def load_mcore(path):
 
 
 # ----------------------------------------------------------------------------------- FP8 numerics
-def is_pow2(s):
-    s = np.asarray(s, np.float32)
-    return bool(np.all(s > 0) and np.all((s.view(np.uint32) & 0x007FFFFF) == 0))
-
-
-def expand_scale(scale, m, n):
-    return np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
-
-
-E4M3_F32 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
-
-
-def dequant(data_u8, scale):
-    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding; the code's value from ml_dtypes)."""
-    m, n = data_u8.shape
-    s = scale[:(m + 127) // 128, :(n + 127) // 128]
-    return E4M3_F32[data_u8] * expand_scale(s, m, n)
-
-
-def quant_te(x, pow2):
-    """TE Float8BlockQuantizer (128x128, e4m3, amax_epsilon 0), reference spec fp8-blockwise §9."""
-    x = np.asarray(x, np.float32)
-    m, n = x.shape
-    rb, cb = (m + 127) // 128, (n + 127) // 128
-    q = np.empty((m, n), np.uint8)
-    sinv = np.empty((rb, cb), np.float32)
-    for i in range(rb):
-        for j in range(cb):
-            blk = x[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
-            a = np.float32(np.max(np.abs(blk))) if blk.size else np.float32(0)
-            if a == 0 or not np.isfinite(a):
-                s = np.float32(1)
-            else:
-                s = np.float32(448) / a
-                if not np.isfinite(s):
-                    s = np.float32(np.finfo(np.float32).max)
-                if pow2:
-                    s = np.array([s], np.float32).view(np.uint32)
-                    s = (s & np.uint32(0xFF800000)).view(np.float32)[0]
-            sinv[i, j] = np.float32(1) / s
-            v = np.clip(blk * s, -448, 448)  # RNE onto e4m3 below; |v| <= 448(1+2^-23) anyway
-            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = v.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
-    return q, sinv
-
-
-def pad4(scale):
-    rows, cols = scale.shape
-    out = np.zeros((rows, (cols + 3) // 4 * 4), np.float32)
-    out[:, :cols] = scale
-    return out
-
-
-def bf16_to_f32(u16):
-    return (u16.astype(np.uint32) << 16).view(np.float32)
 
 
 def within_fp8_bound(x, data_u8, scale, what, steps=1):
@@ -236,36 +145,6 @@ class Plain:
         self.dtype, self.arr, self.scale = dtype, arr, None
 
 
-def split(a, rule, n, t, block=1):
-    """Shard t of n of a full array (block > 1: the same split on a block grid, e.g. FP8 scales)."""
-    if rule == 'repl' or n == 1:
-        return a
-    if rule == 'rows':
-        k = a.shape[0] // n
-        return a[t * k:(t + 1) * k]
-    if rule == 'cols':
-        k = a.shape[1] // n
-        return a[:, t * k:(t + 1) * k]
-    if rule == 'gateup':  # [G; U] -> [G_t; U_t]
-        f = a.shape[0] // 2
-        k = f // n
-        return np.concatenate([a[t * k:(t + 1) * k], a[f + t * k:f + (t + 1) * k]])
-    raise AssertionError(rule)
-
-
-def aligned(shape, rule, n):
-    if rule == 'repl' or n == 1:
-        return True
-    if rule == 'rows':
-        return (shape[0] // n) % 128 == 0
-    if rule == 'cols':
-        return (shape[1] // n) % 128 == 0
-    return (shape[0] // 2 // n) % 128 == 0  # gateup
-
-
-# Options of the layout being computed that change tensor values (set by expected_checkpoint):
-# method / eps (--quant_method, --amax_epsilon), dequantize + torch_dtype (--dequantize_fp8,
-# --torch_dtype), divisible_by / pad_to (--make_vocab_size_divisible_by, --pad_vocab_size_to).
 CUR = {}
 
 
@@ -344,23 +223,6 @@ def shard_spec(lt, rule, n, t, fp8_target, ignore_tp_if_fp8, want_pow2=None):
 
 
 # ----------------------------------------------------------------------------------- expected MCore
-def balanced(n, parts):
-    # LoongForge partition_balanced; for the splits used here (4 over 1 or 2) it is ceil-per-part.
-    assert n % parts == 0 or parts == 1, 'only even splits are modelled here'
-    return [n // parts] * parts
-
-
-def expand_layout(s):
-    """Megatron layout string -> stages (LoongForge §6.1.4: commas dropped, (...)*n and x*n expanded)."""
-    s = s.replace(',', '').replace(' ', '')
-    while True:
-        t = re.sub(r'\(([^()]*)\)\*(\d+)', lambda m: m.group(1) * int(m.group(2)), s)
-        t = re.sub(r'(.)\*(\d+)', lambda m: m.group(1) * int(m.group(2)), t)
-        if t == s:
-            return s.split('|')
-        s = t
-
-
 def vp_counts(L):
     """Decoder layers per virtual partition (LoongForge get_num_layers_in_vp_map, §6.1), MTP added last."""
     pp, vpp = L['pp'], L.get('vpp', 1)
@@ -409,15 +271,6 @@ def stage_layers(L):
             per_s.append([(g, g - M.N if g >= M.N else i) for i, g in enumerate(ids)])
         out.append(per_s)
     return out
-
-
-def etp_map(tp, ep, etp):
-    """LoongForge get_etp_map: etp_to_tp[g][et]."""
-    v = max(tp, etp * ep)
-    m = [[None] * etp for _ in range(ep)]
-    for t in range(v):
-        m[(t // etp) % ep][t % etp] = t % tp
-    return m
 
 
 def rank_files(L):

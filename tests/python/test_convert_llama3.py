@@ -17,7 +17,6 @@ the tiny model of configs/llama3/llama3_tiny.yaml and checks, without using any 
      (names the tensor), an unknown --model.
 Exits non-zero on failure; the last line is "N passed, M failed".
 """
-import glob
 import json
 import os
 import shutil
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import traceback
 
-import ml_dtypes
 import numpy as np
 import yaml
 
@@ -36,6 +34,10 @@ sys.path.insert(0, os.path.join(HERE, 'te_stub'))
 os.environ.setdefault('TE_STUB_VERSION', '2.9')  # the converter's default --te_version
 
 import torch  # noqa: E402
+
+sys.path.insert(0, HERE)
+# the numpy references shared with the other converter tests (readers, FP8 numerics)
+from ckb_numpy import bf16_to_f32, dequant, is_pow2, quant_te, read_hf, t2np  # noqa: E402
 
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
@@ -67,70 +69,6 @@ R = HEADS // G
 
 
 # ----------------------------------------------------------------------------------- readers
-ST_DTYPES = {'BF16': np.uint16, 'F32': np.float32, 'F8_E4M3': np.uint8}
-
-
-def read_hf(d):
-    out = {}
-    for p in sorted(glob.glob(os.path.join(d, '*.safetensors'))):
-        with open(p, 'rb') as f:
-            buf = f.read()
-        n = struct.unpack_from('<Q', buf, 0)[0]
-        for k, v in json.loads(buf[8:8 + n]).items():
-            if k == '__metadata__':
-                continue
-            dt = np.dtype(ST_DTYPES[v['dtype']])
-            b, e = v['data_offsets']
-            arr = np.frombuffer(buf, dtype=dt, count=(e - b) // dt.itemsize, offset=8 + n + b).reshape(v['shape'])
-            assert k not in out, 'duplicate tensor %s' % k
-            out[k] = (v['dtype'], arr)
-    return out
-
-
-def t2np(t):
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        return 'BF16', t.view(torch.int16).numpy().view(np.uint16)
-    if t.dtype == torch.float32:
-        return 'F32', t.numpy()
-    if t.dtype == torch.uint8:
-        return 'U8', t.numpy()
-    raise AssertionError('unexpected tensor dtype %s' % t.dtype)
-
-
-def bf16_to_f32(u16):
-    return (u16.astype(np.uint32) << 16).view(np.float32)
-
-
-def is_pow2(sc):
-    sc = np.asarray(sc, np.float32)
-    return bool(np.all(sc > 0) and np.all((sc.view(np.uint32) & 0x007FFFFF) == 0))
-
-
-def dequant(data_u8, scale):
-    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding)."""
-    m, n = data_u8.shape
-    full = np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
-    return data_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32) * full
-
-
-def quant_te(x, pow2=True):
-    """TE Float8BlockQuantizer (128x128, e4m3, amax_epsilon 0), reference spec fp8-blockwise section 9."""
-    m, n = x.shape
-    rb, cb = (m + 127) // 128, (n + 127) // 128
-    q = np.empty((m, n), np.uint8)
-    sinv = np.empty((rb, cb), np.float32)
-    for i in range(rb):
-        for j in range(cb):
-            blk = x[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
-            a = np.float32(np.max(np.abs(blk)))
-            s = np.float32(1) if a == 0 else np.float32(448) / a
-            if pow2 and a != 0:
-                s = (np.array([s], np.float32).view(np.uint32) & np.uint32(0xFF800000)).view(np.float32)[0]
-            sinv[i, j] = np.float32(1) / s
-            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = \
-                np.clip(blk * s, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
-    return q, sinv
 
 
 # ----------------------------------------------------------------------------------- expectations
