@@ -137,7 +137,11 @@ private:
 #if CKBRIDGE_MPI
   std::unique_ptr<mpi::World> world_;
 #else
-  std::unique_ptr<int> world_;  // never set: one process
+  struct NoWorld {  // never made: one process
+    int rank() const { return 0; }
+    int size() const { return 1; }
+  };
+  std::unique_ptr<NoWorld> world_;
 #endif
 };
 
