@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Conversion over an MPI job (--distributed_convert, issue 14): `mpirun -np N` for N = 1..4 over
 # HF -> MCore, MCore -> HF and MCore -> MCore from FP8 and BF16 sources gives the bytes of the
-# single-process run (every file, and every file's and tensor's hash in the manifest); a rank that fails makes every rank
-# exit non-zero with that rank's message and leaves no tracker or index; a rank killed mid-run
+# single-process run (every file, and every file's and tensor's hash in the manifest); a rank that
+# fails makes every rank exit non-zero with that rank's message and leaves no tracker; a rank killed mid-run
 # fails the job with no tracker, and a re-run with another N resumes (skipping the files any rank
-# finished) to the same bytes. --dry-run prints each rank's share; a job without
-# --distributed_convert is refused.
+# finished) to the same bytes. A finished output is "already complete"; --dry-run prints each rank's
+# share; a job without --distributed_convert is refused.
 # Usage: mpi_convert.sh <build-dir> <work-dir> <CKBRIDGE_MPI ON/OFF>. Exits 77 (skipped) when the
 # converter was built without MPI or mpirun is missing.
 set -uo pipefail
@@ -69,6 +69,13 @@ for n in 1 2 3 4; do
     [[ $rc -eq 0 ]] || echo "$msg" | tail -5
   done
 done
+# the same job over its finished output: "already complete" (rank 0 checks the manifest), untouched
+before=$(find "$WORK/n4/fp8_hf_mcore" -type f -printf '%T@ %s %p\n' | sort | md5sum)
+msg=$(runN 2 huggingface mcore "$WORK/hf_fp8" "$WORK/n4/fp8_hf_mcore" "${L[@]}" 2>&1)
+rc=$?
+[[ $rc -eq 0 && $msg == *"already complete: "*" files verified"* &&
+   $(find "$WORK/n4/fp8_hf_mcore" -type f -printf '%T@ %s %p\n' | sort | md5sum) == "$before" ]]
+check "np 2 over a finished output: already complete, nothing rewritten (exit $rc)" $?
 # each rank's share is reported (files, bytes) and the shares add up to the plan
 msg=$("${MPIRUN[@]}" -np 3 "$BIN/deepseek_v3_convert" $(args huggingface mcore "$WORK/hf_fp8" "$WORK/dry" "${L[@]}") \
   --distributed_convert --dry-run 2>&1)

@@ -90,6 +90,8 @@ public:
     } catch (const std::exception& e) {
       err = e.what();
       if (err.empty()) err = "unknown error";
+    } catch (...) {
+      err = "unknown error";
     }
     check(err);
   }
