@@ -15,7 +15,7 @@ CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
 CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
 command -v mpirun >/dev/null || { echo "mpirun not found (scripts/setup.sh installs openmpi-bin)"; exit 1; }
 cmake --build "$BUILD" --target deepseek_v3_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
-grep -q "CKBRIDGE_MPI:BOOL=ON" "$BUILD/CMakeCache.txt" || { echo "$BUILD was configured without MPI (CKBRIDGE_MPI)"; exit 1; }
+grep -q "CKBRIDGE_HAVE_MPI:INTERNAL=ON" "$BUILD/CMakeCache.txt" || { echo "$BUILD was configured without MPI (CKBRIDGE_MPI)"; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 mkdir -p "$WORK"
