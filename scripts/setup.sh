@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 DEBS=(cmake g++ make libeigen3-dev libyaml-cpp-dev rapidjson-dev libboost-test-dev libcli11-dev zlib1g-dev libssl-dev
       python3 python3-venv python3-numpy python3-yaml python3-torch bc
-      clang libclang-rt-14-dev)  # clang + libFuzzer: the fuzz targets scripts/test.sh runs
+      clang libclang-rt-14-dev  # clang + libFuzzer: the fuzz targets scripts/test.sh runs
+      libopenmpi-dev openmpi-bin)  # --distributed_convert (ckbridge::mpi) and its mpirun tests
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

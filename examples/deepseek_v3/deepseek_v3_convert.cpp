@@ -4,12 +4,15 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -26,6 +29,7 @@
 #include "ckbridge/core/proc_memory.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
+#include "../common/distributed.hpp"
 #include "../common/models.hpp"
 
 using namespace ckbridge;
@@ -40,6 +44,7 @@ struct Flags {
   std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
   bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
   bool dry_run = false, dequantize_fp8 = false, quiet = false, overwrite = false, allow_nonfinite = false;
+  bool distributed = false;
   float amax_epsilon = 0.0f;
   std::string quant_method = "te", force_pow_2_scales = "unset", torch_dtype = "bfloat16";
   std::int64_t make_vocab_size_divisible_by = 128, pad_vocab_size_to = 0;
@@ -106,6 +111,16 @@ void print_plan(const convert::Plan& plan, int workers) {
               double(plan.anon_memory_bound()) / 1e6, double(plan.largest_tensor()) / 1e6);
 }
 
+// "1.2 GB", "340.5 MB", "12.0 kB"
+std::string human_bytes(std::uint64_t b) {
+  char buf[32];
+  const double x = double(b);
+  if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.1f GB", x / 1e9);
+  else if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.1f MB", x / 1e6);
+  else std::snprintf(buf, sizeof buf, "%.1f kB", x / 1e3);
+  return buf;
+}
+
 // This process's memory now: anonymous apart from mapped file pages, and the peak resident set.
 void print_memory(const char* when) {
   const ProcMemory m = proc_memory();
@@ -170,13 +185,16 @@ int main(int argc, char** argv) {
   app.add_flag("--dequantize_fp8", f.dequantize_fp8, "write FP8 weights of the source as --torch_dtype instead");
   app.add_option("--hf_max_shard_size", f.hf_max_shard_size, "HF output shard size (e.g. 5GB)");
   app.add_flag("-q,--quiet", f.quiet, "no progress output");
+  app.add_flag("--distributed_convert", f.distributed,
+               "share the output files among the processes of the MPI job this runs in (mpirun, srun); the output "
+               "directory must be shared by all of them");
   app.add_flag("--overwrite", f.overwrite,
                "replace a finished ckbridge output in --save_ckpt_path (the files its manifest lists)");
   // LoongForge flags with no effect here: accepted, reported, ignored.
   std::vector<std::string> ignored_values;
   bool ignored_flag = false;
-  for (const char* name : {"--no_load_optim", "--no_save_optim", "--distributed_convert", "--pretrain_as_fp8",
-                           "--use_distributed_optimizer", "--no-te", "--resume-convert", "--moe_grouped_gemm_legacy"})
+  for (const char* name : {"--no_load_optim", "--no_save_optim", "--pretrain_as_fp8", "--use_distributed_optimizer",
+                           "--no-te", "--resume-convert", "--moe_grouped_gemm_legacy"})
     app.add_flag(name, ignored_flag, "accepted for LoongForge compatibility; no effect")->group("Ignored");
   for (const char* name : {"--fp8_quant_transfer_type", "--data_parallel_size", "--transformer_impl", "--num_experts",
                            "--checkpoint-format", "--hf_checkpoint_device", "--add_embedding_padding",
@@ -184,17 +202,20 @@ int main(int argc, char** argv) {
     app.add_option(name, ignored_values, "accepted for LoongForge compatibility; no effect")->group("Ignored");
   CLI11_PARSE(app, argc, argv);
 
+  std::unique_ptr<examples::Job> job;  // this process, or one of an MPI job's
   try {
+    job = std::make_unique<examples::Job>(f.distributed);
+    const bool lead = job->leader();
     convert::check_output_path(f.save_ckpt_path);
-    for (const char* name : {"--no_load_optim", "--no_save_optim", "--distributed_convert", "--pretrain_as_fp8",
+    for (const char* name : {"--no_load_optim", "--no_save_optim", "--pretrain_as_fp8",
                              "--use_distributed_optimizer", "--no-te", "--resume-convert", "--fp8_quant_transfer_type",
                              "--data_parallel_size", "--transformer_impl", "--num_experts", "--checkpoint-format",
                              "--hf_checkpoint_device", "--add_embedding_padding", "--model_type_custom",
                              "--megatron_path"})
-      if (app.count(name)) std::fprintf(stderr, "note: %s has no effect in ckbridge (ignored)\n", name);
+      if (app.count(name) && lead) std::fprintf(stderr, "note: %s has no effect in ckbridge (ignored)\n", name);
     if (f.load_platform == "huggingface" && f.save_platform == "huggingface")
       fail("--load_platform and --save_platform are both 'huggingface': nothing to convert");
-    if (f.load_platform == "huggingface" && !f.safetensors)
+    if (f.load_platform == "huggingface" && !f.safetensors && lead)
       std::fprintf(stderr, "note: reading HF safetensors (ckbridge does not read pytorch_model.bin)\n");
 
     const auto cfg = config::load_loongforge_configs(f.config_file, f.convert_file);
@@ -318,15 +339,23 @@ int main(int argc, char** argv) {
       if (f.save_platform == "huggingface") plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_hf<M>(*mcore, nm, shape, mc, so); });
       else plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_mcore<M>(*mcore, nm, shape, so, o); });
     }
-    print_plan(plan, o.max_workers);
-    for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
+    job->same_plan(plan);
+    if (lead) print_plan(plan, o.max_workers);
+    for (const auto& n : plan.notes)
+      if (lead) std::fprintf(stderr, "note: %s\n", n.c_str());
     if (f.dry_run) {
-      print_files(plan);
-      for (const auto& [rel, text] : plan.small_files)
-        if (rel == "config.json")
-          for (const auto& [key, from] : config::config_json_origins(text, mc))
-            std::printf("  config.json %-32s from %s\n", key.c_str(), from.c_str());
-      print_memory("after planning");
+      if (lead) {
+        print_files(plan);
+        if (job->distributed())  // the share of each process (the same split every process computes)
+          for (int r = 0; const auto& s : convert::split_files(plan, job->size()))
+            std::printf("rank %d: %zu files, %s\n", r++, s.files.size(), human_bytes(s.bytes).c_str());
+        for (const auto& [rel, text] : plan.small_files)
+          if (rel == "config.json")
+            for (const auto& [key, from] : config::config_json_origins(text, mc))
+              std::printf("  config.json %-32s from %s\n", key.c_str(), from.c_str());
+        print_memory("after planning");
+      }
+      job->check();
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
@@ -343,7 +372,8 @@ int main(int argc, char** argv) {
     const std::string run_id = fingerprint.substr(0, fingerprint.find('\n'));
     // A finished output (manifest, no run state): the same command is "already done" once the
     // files are checked against the manifest; other arguments need --overwrite.
-    if (fs::exists(out / manifest::kFileName) && !fs::exists(out / ".ckbridge-run")) {
+    bool complete = false;  // (rank 0 looks; the others learn it below)
+    if (lead && fs::exists(out / manifest::kFileName) && !fs::exists(out / ".ckbridge-run")) {
       const fs::path mpath = out / manifest::kFileName;
       std::ifstream in(mpath, std::ios::binary);
       std::stringstream ss;
@@ -380,28 +410,45 @@ int main(int argc, char** argv) {
         }
         std::printf("already complete: %zu files verified against %s in %s\n", verified, manifest::kFileName,
                     out.string().c_str());
-        return 0;
+        complete = true;
       } else {
         fail("--save_ckpt_path ", out.string(), ": holds a finished conversion made with other arguments or another "
              "source (", mpath.string(), "); choose a new directory, or pass --overwrite to replace it");
       }
     }
-    convert::RunState state(out, fingerprint);
-    if (state.resumed())
+    job->check();
+    if (job->broadcast(complete)) return 0;
+    const auto state = job->open_state(out, fingerprint);
+    if (lead && state->resumed())
       std::fprintf(stderr, "note: resuming an interrupted run in %s (%zu files already complete)\n",
-                   out.string().c_str(), state.done_count());
+                   out.string().c_str(), state->done_count());
     convert::McoreWriteOptions mo;
     mo.te = te;
     mo.fake_dtype = o.torch_dtype;
     mo.amax_epsilon = o.amax_epsilon;
-    // The manifest: written after every output file but the tracker, hashing what is on disk.
-    auto write_manifest = [&] {
+    // The manifest: written after every output file but the tracker, from the hashes each process
+    // took of the files it completed (`hashed`, gathered on rank 0) and of the other files on disk.
+    std::map<std::string, manifest::FileEntry> hashed;
+    std::mutex hashed_mu;
+    auto file_done = [&](const convert::OutFile& of) {
+      manifest::FileEntry e = manifest::hash_file(out, of.rel);
+      std::lock_guard lk(hashed_mu);
+      hashed[e.rel] = std::move(e);
+    };
+    auto report = [&] {
+      manifest::Manifest m;
+      for (const auto& [rel, e] : hashed) m.files.push_back(e);
+      return m.to_json();
+    };
+    auto write_manifest = [&](const std::vector<std::string>& reports) {
+      for (const auto& r : reports)
+        for (auto& e : manifest::Manifest::parse(r, "a process's report").files) hashed[e.rel] = std::move(e);
       manifest::Manifest m;
       m.fingerprint = run_id;
       for (int i = 0; i < argc; ++i) m.arguments.emplace_back(argv[i]);
       m.source = fs::absolute(f.load_ckpt_path).lexically_normal().string();
       m.source_fingerprint = source_id;
-      m.files = manifest::hash_files(out, manifest::checkpoint_files(out), o.max_workers);
+      m.files = manifest::hash_files(out, manifest::checkpoint_files(out), o.max_workers, &hashed);
       for (const auto& [rel, text] : plan.small_files)
         if (rel.filename() == "latest_checkpointed_iteration.txt") {
           manifest::FileEntry t;
@@ -412,17 +459,30 @@ int main(int argc, char** argv) {
         }
       AtomicFile::write_all(out / manifest::kFileName, m.to_json());
     };
-    const auto res = convert::execute(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet,
-                                      &state, write_manifest);
-    std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", res.files, double(res.bytes) / 1e9,
-                res.seconds, res.seconds > 0 ? double(res.bytes) / 1e9 / res.seconds : 0.0, out.string().c_str());
-    print_memory("at the end");
-    if (nonfinite.load())
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto runs = job->run(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet,
+                               state.get(), file_done, report, write_manifest);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::uint64_t nonfinite_all = job->sum(nonfinite.load());
+    if (!lead) return 0;
+    std::uint64_t bytes = 0;
+    std::size_t files = 0;
+    for (const auto& r : runs) bytes += r.result.bytes, files += r.result.files;
+    std::printf("done: %zu files, %.3f GB in %.2f s (%.2f GB/s) -> %s\n", files, double(bytes) / 1e9, secs,
+                secs > 0 ? double(bytes) / 1e9 / secs : 0.0, out.string().c_str());
+    if (job->distributed())  // each process: its files and how fast it wrote them (its own clock)
+      for (int r = 0; const auto& x : runs)
+        std::printf("rank %d: %zu files, %s in %.2f s (%.2f GB/s)\n", r++, x.result.files,
+                    human_bytes(x.result.bytes).c_str(), x.result.seconds,
+                    x.result.seconds > 0 ? double(x.result.bytes) / 1e9 / x.result.seconds : 0.0);
+    print_memory(job->distributed() ? "at the end (rank 0)" : "at the end");
+    if (nonfinite_all)
       std::printf("note: %llu non-finite input values (Inf/NaN) were quantized to FP8 (--allow_nonfinite)\n",
-                  static_cast<unsigned long long>(nonfinite.load()));
+                  static_cast<unsigned long long>(nonfinite_all));
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", e.what());
+    const std::string msg = job ? job->failure(e) : std::string(e.what());
+    std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", msg.c_str());
     return 1;
   }
 }

@@ -340,6 +340,7 @@ def run_all(work):
     check('--device cuda: refused before any output where CUDA is unavailable', device_cuda)
 
     # --max_workers 1, --megatron_path and LoongForge's flags without effect here: accepted, same bytes
+    # (--distributed_convert outside an MPI job converts in one process too: tests/scripts/mpi_convert.sh)
     ignored = ['--no_load_optim', '--no_save_optim', '--distributed_convert', '--pretrain_as_fp8',
                '--use_distributed_optimizer', '--no-te', '--resume-convert', '--moe_grouped_gemm_legacy',
                '--fp8_quant_transfer_type', 'x', '--data_parallel_size', '8', '--transformer_impl', 'transformer_engine',

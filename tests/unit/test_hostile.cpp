@@ -195,6 +195,48 @@ BOOST_AUTO_TEST_CASE(source_fingerprint) {
   BOOST_TEST(convert::source_fingerprint(d.p, d.p / "out") == f1);
 }
 
+// The processes of one multi-process run share its run state: rank 0 prepares it, the others join
+// it and list their files in done.<rank>; a later attempt with another process count sees them all.
+BOOST_AUTO_TEST_CASE(run_state_join) {
+  TempDir d("join");
+  const fs::path out = d.p / "out";
+  using Join = convert::RunState::Join;
+  BOOST_TEST(has(error_of([&] { convert::RunState s(out, "fp-j\n", Join{1}); }), "is missing"));
+  auto put = [&](const std::string& rel, std::size_t n) {
+    fs::create_directories((out / rel).parent_path());
+    std::ofstream(out / rel) << std::string(n, 'x');
+  };
+  {
+    convert::RunState lead(out, "fp-j\n");
+    BOOST_TEST(has(error_of([&] { convert::RunState s(out, "fp-other\n", Join{1}); }), "differs"));
+    convert::RunState r1(out, "fp-j\n", Join{1});
+    convert::RunState r2(out, "fp-j\n", Join{2});
+    put("a.bin", 3);
+    lead.mark_done("a.bin");
+    put("b/c.bin", 5);
+    r1.mark_done("b/c.bin");
+    put("d.bin", 7);
+    r2.mark_done("d.bin");
+    BOOST_TEST(fs::exists(out / ".ckbridge-run" / "done.1"));
+    BOOST_TEST(fs::exists(out / ".ckbridge-run" / "done.2"));
+  }  // killed: no finish()
+  {  // resumed by two processes
+    convert::RunState lead(out, "fp-j\n");
+    BOOST_TEST(lead.resumed());
+    BOOST_TEST(lead.done_count() == 3u);
+    convert::RunState r1(out, "fp-j\n", Join{1});
+    for (const convert::RunState* s : {&lead, &r1}) {
+      BOOST_TEST(s->finished("a.bin", 0));
+      BOOST_TEST(s->finished("b/c.bin", 0));
+      BOOST_TEST(s->finished("d.bin", 0));
+      BOOST_TEST(!s->finished("e.bin", 0));
+    }
+    r1.close_done();
+    lead.finish();
+    BOOST_TEST(!fs::exists(out / ".ckbridge-run"));
+  }
+}
+
 // The output directory lock, a killed fingerprint write, symlinks in a partial output, bad paths.
 BOOST_AUTO_TEST_CASE(run_state) {
   TempDir d("run");

@@ -348,25 +348,7 @@ BOOST_AUTO_TEST_CASE(file_sets_small) {
   expect_error([] { McoreFileLayout({2, 1, 2, std::nullopt, 0}); }, "dense model");
 }
 
-BOOST_AUTO_TEST_CASE(rank_work_split) {
-  // pp 8, ep 32, 16 processes: rank 2r -> stage r, EP 0..15; rank 2r+1 -> stage r, EP 16..31
-  for (int r = 0; r < 16; ++r) {
-    const auto w = rank_work(r, 16, 8, 32, true);
-    BOOST_TEST(w.size() == 1u);
-    BOOST_TEST(w[0].pp_rank == r / 2);
-    BOOST_TEST(w[0].ep_ranks == (r % 2 ? range(16, 32) : range(0, 16)), boost::test_tools::per_element());
-  }
-  // pp 8 over 4 processes: two stages each, all EP ranks
-  const auto w = rank_work(3, 4, 8, 2, true);
-  BOOST_TEST(w.size() == 2u);
-  BOOST_TEST(w[0].pp_rank == 6);
-  BOOST_TEST(w[1].pp_rank == 7);
-  BOOST_TEST(w[1].ep_ranks == (V{0, 1}), boost::test_tools::per_element());
-  // dense: stages only
-  BOOST_TEST(rank_work(0, 2, 2, 1, false)[0].ep_ranks.empty());
-  expect_error([] { rank_work(0, 3, 8, 32, true); }, "not divisible by WORLD_SIZE");
-  expect_error([] { rank_work(0, 24, 8, 32, true); }, "does not divide");
-  expect_error([] { rank_work(4, 4, 8, 32, true); }, "RANK");
+BOOST_AUTO_TEST_CASE(vpp_from_layers) {
   BOOST_TEST(vpp_from_layers_per_virtual_stage(64, 4, 8) == 2);
   expect_error([] { vpp_from_layers_per_virtual_stage(61, 8, 2); }, "not divisible");
 }

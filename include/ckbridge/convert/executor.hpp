@@ -133,14 +133,22 @@ struct ExecResult {
   std::size_t files = 0;
 };
 
-// `state` (optional) makes the run resumable: finished files are skipped and recorded.
-// `before_tracker` (optional) runs after every file but the Megatron tracker is in place (the
-// manifest is written there), so an output with a tracker is complete and described.
-inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
-                          const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr,
-                          const std::function<void()>& before_tracker = {}) {
+// Called for each file of the run once it is complete under its final name (written now, or
+// finished by an earlier attempt), from the worker thread that wrote it.
+using FileDoneFn = std::function<void(const OutFile&)>;
+
+// Writes the output files `only` lists (indices into plan.files; null: all of them), with no
+// small files: the part of a run one process of a multi-process run does. `state` (optional)
+// makes it resumable: finished files are skipped and recorded.
+inline ExecResult execute_files(const Plan& plan, const std::vector<std::size_t>* only,
+                                const std::filesystem::path& out_root, int workers, const FileWriterFn& torch_writer,
+                                bool quiet = false, RunState* state = nullptr, const FileDoneFn& file_done = {}) {
+  std::vector<std::size_t> order;
+  if (only) order = *only;
+  else
+    for (std::size_t i = 0; i < plan.files.size(); ++i) order.push_back(i);
   Progress prog;
-  prog.total = plan.output_bytes();
+  for (const std::size_t i : order) prog.total += plan.files.at(i).bytes();
   // Test seam for the kill-and-resume tests: die (SIGKILL, no cleanup) after this many bytes.
   if (const char* k = std::getenv("CKBRIDGE_TEST_KILL_AFTER_BYTES")) {
     const std::uint64_t limit = std::strtoull(k, nullptr, 10);
@@ -167,11 +175,9 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
   }
   prog.quiet = quiet;
   if (!prog.release) prog.release = plan.release_sources;
-  std::vector<std::size_t> order(plan.files.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return plan.files[a].bytes() > plan.files[b].bytes(); });
-  for (const auto& f : plan.files) std::filesystem::create_directories((out_root / f.rel).parent_path());
+  for (const std::size_t i : order) std::filesystem::create_directories((out_root / plan.files[i].rel).parent_path());
 
   std::atomic<std::size_t> next{0};
   std::exception_ptr err;
@@ -189,11 +195,12 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
         const auto path = out_root / f.rel;
         if (state && state->finished(f.rel, 0)) {
           prog.add(f.bytes());
-          continue;
+        } else {
+          if (f.format == FileFormat::Safetensors) write_safetensors_file(f, path, prog);
+          else torch_writer(f, path, prog);
+          if (state) state->mark_done(f.rel);
         }
-        if (f.format == FileFormat::Safetensors) write_safetensors_file(f, path, prog);
-        else torch_writer(f, path, prog);
-        if (state) state->mark_done(f.rel);
+        if (file_done) file_done(f);
       } catch (const std::bad_alloc&) {
         std::lock_guard lk(err_mu);
         if (!err)
@@ -214,6 +221,15 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
   work();
   for (auto& t : pool) t.join();
   if (err) std::rethrow_exception(err);
+  prog.report(true);
+  return {prog.done.load(), prog.seconds(), order.size()};
+}
+
+// The end of a run, once every output file is complete: the small files (index, config.json),
+// then `before_tracker` (optional: the manifest is written there), then the Megatron tracker, so an
+// output with a tracker is complete and described; then the run state is removed.
+inline void finish_run(const Plan& plan, const std::filesystem::path& out_root, RunState* state = nullptr,
+                       const std::function<void()>& before_tracker = {}) {
   auto is_tracker = [](const std::filesystem::path& rel) { return rel.filename() == "latest_checkpointed_iteration.txt"; };
   for (int last = 0; last < 2; ++last) {
     if (last && before_tracker) before_tracker();
@@ -224,8 +240,17 @@ inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_roo
     }
   }
   if (state) state->finish();
-  prog.report(true);
-  return {prog.done.load(), prog.seconds(), plan.files.size()};
+}
+
+// A whole run in one process: every output file, then finish_run.
+inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
+                          const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr,
+                          const std::function<void()>& before_tracker = {}, const FileDoneFn& file_done = {}) {
+  const auto t0 = std::chrono::steady_clock::now();
+  ExecResult r = execute_files(plan, nullptr, out_root, workers, torch_writer, quiet, state, file_done);
+  finish_run(plan, out_root, state, before_tracker);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 }  // namespace ckbridge::convert

@@ -75,46 +75,6 @@ inline EtpMap etp_map(int tp, int ep, int etp) {
   return m;
 }
 
-// Work of one converter process (LoongForge get_pipeline_by_rank_id, launched with env
-// RANK/WORLD_SIZE): pipeline stages and, per stage, the EP ranks it converts.
-//  - pp >= world or dense: rank r owns stages [r*k, (r+1)*k), k = pp / world, all EP ranks;
-//  - pp < world (MoE): R = world / pp ranks per stage, rank r converts stage r / R and the EP
-//    ranks e with e / (ep / R) == r % R. LoongForge computes this subset and then converts the
-//    whole stage on every rank (B7); callers of this function get only the subset.
-struct RankWork {
-  int pp_rank = 0;
-  std::vector<int> ep_ranks;  // empty for a dense model
-};
-
-inline std::vector<RankWork> rank_work(int rank, int world_size, int pp, int ep, bool moe) {
-  if (world_size <= 0 || rank < 0 || rank >= world_size)
-    fail("RANK ", rank, " / WORLD_SIZE ", world_size, ": need 0 <= RANK < WORLD_SIZE");
-  if (pp <= 0) fail("--pipeline_model_parallel_size must be > 0, got ", pp);
-  if (moe && ep <= 0) fail("--expert_parallel_size must be > 0, got ", ep);
-  std::vector<int> all_e;
-  if (moe)
-    for (int e = 0; e < ep; ++e) all_e.push_back(e);
-  std::vector<RankWork> out;
-  if (pp >= world_size || !moe) {
-    if (pp % world_size != 0)
-      fail("--pipeline_model_parallel_size ", pp, " is not divisible by WORLD_SIZE ", world_size);
-    const int k = pp / world_size;
-    for (int p = rank * k; p < (rank + 1) * k; ++p) out.push_back({p, all_e});
-    return out;
-  }
-  if (world_size % pp != 0) fail("WORLD_SIZE ", world_size, " is not a multiple of --pipeline_model_parallel_size ", pp);
-  const int per_stage = world_size / pp;
-  if (ep % per_stage != 0)
-    fail("--expert_parallel_size ", ep, " does not divide over ", per_stage, " ranks per pipeline stage (WORLD_SIZE ",
-         world_size, " / pp ", pp, ")");
-  const int e_per_rank = ep / per_stage;
-  RankWork w{rank / per_stage, {}};
-  for (int e = 0; e < ep; ++e)
-    if (e / e_per_rank == rank % per_stage) w.ep_ranks.push_back(e);
-  out.push_back(w);
-  return out;
-}
-
 // Directory name of one rank's file: mp_rank_{t:02d}[_{p:03d}][_{e:03d}]. The PP part appears
 // when pp > 1, the EP part when the model has experts and ep > 1 (Megatron legacy naming).
 inline std::string mp_rank_dir(int t, int p, int e, int pp, int ep, bool moe) {

@@ -8,6 +8,10 @@
 // files (size, mtime and a hash of their first and last 64 KiB). A run holds an exclusive
 // `flock` on the output directory from start to end, so a second run into the same directory
 // fails at once instead of mixing its files with the first's.
+// In a multi-process run the first process prepares the directory (and holds the lock) as above;
+// the others join it once that is done (RunState::Join) and record their files in
+// `.ckbridge-run/done.<rank>`. Every `done*` list counts, so a run resumed with another number of
+// processes skips the files finished by any process of an earlier attempt.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -206,6 +210,26 @@ public:
       fail((dir_ / "done").string(), ": cannot open: ", std::strerror(errno));
     }
   }
+  // Joins the run state that another process of the same run prepared (see above): no lock, no
+  // preparation; the fingerprint must be the one that process wrote. Progress goes to done.<id>.
+  struct Join {
+    int id = 1;
+  };
+  RunState(const std::filesystem::path& out, const std::string& fingerprint, Join join)
+      : out_(out), dir_(out / ".ckbridge-run") {
+    std::ifstream in(dir_ / "fingerprint", std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (!in || ss.str() != fingerprint)
+      fail("--save_ckpt_path ", out.string(), ": ", (dir_ / "fingerprint").string(),
+           in ? " differs from this process's plan" : " is missing",
+           " (the first process prepared it; is the output directory the same shared directory on every node?)");
+    load_done();
+    const auto done = dir_ / ("done." + std::to_string(join.id));
+    fd_ = ::open(done.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd_ < 0) fail(done.string(), ": cannot open: ", std::strerror(errno));
+    done_file_ = done;
+  }
   RunState(const RunState&) = delete;
   RunState& operator=(const RunState&) = delete;
   ~RunState() {
@@ -230,12 +254,17 @@ public:
     const std::string line = rel.string() + "\t" + std::to_string(sz) + "\n";
     std::lock_guard lk(mu_);
     if (::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || ::fsync(fd_) != 0)
-      fail((dir_ / "done").string(), ": cannot record progress: ", std::strerror(errno));
+      fail(done_file_.string(), ": cannot record progress: ", std::strerror(errno));
+  }
+  // This process records no more files (a process that joined the run, before the first process
+  // finishes it: an open file would keep the state directory from being removed on NFS).
+  void close_done() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
   }
   // The run is complete: forget the state.
   void finish() {
-    ::close(fd_);
-    fd_ = -1;
+    close_done();
     std::filesystem::remove_all(dir_);
   }
 
@@ -305,15 +334,20 @@ private:
              " (a resumed run would write through it, outside the output directory); remove it or choose a new "
              "directory");
   }
+  // Every process's list: `done` and `done.<rank>`.
   void load_done() {
-    std::ifstream in(dir_ / "done");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto tab = line.find('\t');
-      if (tab == std::string::npos) continue;  // a torn last line: that file is redone
-      try {
-        done_[line.substr(0, tab)] = std::stoull(line.substr(tab + 1));
-      } catch (...) {
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+      const std::string n = e.path().filename().string();
+      if (!e.is_regular_file() || (n != "done" && n.rfind("done.", 0) != 0)) continue;
+      std::ifstream in(e.path());
+      std::string line;
+      while (std::getline(in, line)) {
+        const auto tab = line.find('\t');
+        if (tab == std::string::npos) continue;  // a torn last line: that file is redone
+        try {
+          done_[line.substr(0, tab)] = std::stoull(line.substr(tab + 1));
+        } catch (...) {
+        }
       }
     }
   }
@@ -325,7 +359,7 @@ private:
         std::filesystem::remove(e.path());
     }
   }
-  std::filesystem::path out_, dir_;
+  std::filesystem::path out_, dir_, done_file_ = dir_ / "done";
   bool resumed_ = false;
   std::map<std::string, std::uint64_t> done_;
   int fd_ = -1, lock_ = -1;

@@ -135,9 +135,11 @@ inline FileEntry hash_file(const std::filesystem::path& root, const std::filesys
   return e;
 }
 
-// Hashes `rels` with `threads` workers; the result is in the order of `rels`.
+// Hashes `rels` with `threads` workers; the result is in the order of `rels`. Files that `known`
+// (optional) holds, by their '/'-separated path, are taken from it instead (hashed earlier, e.g.
+// by the process that wrote them).
 inline std::vector<FileEntry> hash_files(const std::filesystem::path& root, const std::vector<std::filesystem::path>& rels,
-                                         int threads) {
+                                         int threads, const std::map<std::string, FileEntry>* known = nullptr) {
   std::vector<FileEntry> out(rels.size());
   std::atomic<std::size_t> next{0};
   std::exception_ptr err;
@@ -145,6 +147,11 @@ inline std::vector<FileEntry> hash_files(const std::filesystem::path& root, cons
   auto work = [&] {
     for (std::size_t i; (i = next++) < rels.size();) {
       try {
+        if (known)
+          if (auto it = known->find(rels[i].generic_string()); it != known->end()) {
+            out[i] = it->second;
+            continue;
+          }
         out[i] = hash_file(root, rels[i]);
       } catch (...) {
         std::lock_guard lk(mu);
