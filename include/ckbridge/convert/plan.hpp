@@ -30,7 +30,7 @@ struct Producer {
   // dtype and shape, contiguous), compared against the stored pieces in place, without assembling
   // the tensor; does what `run` does besides (record CRC checks, copy checks). Empty where the
   // tensor is computed (dequantized, quantized, padded): then compare what `run` returns.
-  std::function<bool(const AnyConstView& other)> equals;
+  std::function<bool(const AnyConstView& other)> equals = {};
 
   std::uint64_t bytes() const { return static_cast<std::uint64_t>(numel(shape)) * dtype_size(dtype); }
 };
