@@ -10,7 +10,9 @@
   4. The manifest of an HF and an MCore output: every file's SHA-256 and size equal hashlib's over
      the file; every safetensors tensor's hash equals hashlib over its byte range (header parsed
      here); every rank-file tensor's hash equals hashlib over torch.load's tensor bytes.
-  5. `--manifest` catches a truncated file, two swapped rank files, a missing file and an unlisted one.
+  5. `--manifest` catches a truncated file, two swapped rank files, a missing file and an unlisted one,
+     and a manifest whose tensor list was edited over unchanged files (a file whose SHA-256 matches
+     has its tensors' hashes checked by construction, its tensor list against its header).
 Exits non-zero on failure; the last line is "N passed, M failed".
 """
 import glob
@@ -189,6 +191,33 @@ def run_all(work):
         check('one flipped byte in a rank file (record %d): verify and --manifest name the tensor and rank file' % pick,
               flipped_byte, pick)
 
+    def changed_hf_tensor():
+        # One element of an HF expert weight changed (a valid file): verify against the intact MCore
+        # output compares the MCore shards in place, finds the difference and locates it; the
+        # expected element comes from numpy over the two HF files.
+        d = os.path.join(work, 'hf_changed')
+        shutil.copytree(hf['fp8'], d)
+        t = hf_tensors(d)
+        key = sorted(k for k, v in t.items() if 'mlp.experts.' in k and v[0] == 'F8_E4M3' and len(v[1]) == 2)[-1]
+        dtype, shape, raw, fname = t[key]
+        base, h = st_header(os.path.join(d, fname))
+        off = base + h[key]['data_offsets'][0] + len(raw) // 2 + 3
+        with open(os.path.join(d, fname), 'r+b') as f:
+            f.seek(off)
+            c = f.read(1)
+            f.seek(off)
+            f.write(bytes([c[0] ^ 0x01]))
+        a, b = as_np(dtype, shape, raw).view(np.uint8), as_np(dtype, shape, hf_tensors(d)[key][2]).view(np.uint8)
+        want = [int(i) for i in np.argwhere(a != b)[0]]
+        r = verify_json(d, mc, rc=1)
+        diff = [x for x in r['tensors'] if x['status'] == 'differs']
+        assert [x['key'] for x in diff] == [key], diff
+        assert diff[0]['differing'] == 1 and diff[0]['first'] == want, (diff[0], want)
+        assert 'mp_rank_' in diff[0].get('where_b', ''), diff[0]
+        assert sum(1 for x in r['tensors'] if x['status'] == 'identical') == n_hf['fp8'] - 1, r['summary']
+    check('one element of an HF tensor changed: verify against the MCore output names it and its element',
+          changed_hf_tensor)
+
     def manifest_hashes():
         hf_out = os.path.join(work, 'back_hf')
         convert(mc, hf_out, [], frm='mcore', to='huggingface')
@@ -225,7 +254,7 @@ def run_all(work):
     check('manifest: file and tensor SHA-256 equal hashlib over the files / torch.load tensors', manifest_hashes)
 
     def manifest_damage():
-        for what in ('truncated', 'swapped', 'missing', 'unlisted'):
+        for what in ('truncated', 'swapped', 'missing', 'unlisted', 'tensor list'):
             d = os.path.join(work, 'm_' + what)
             shutil.copytree(mc, d)
             a = os.path.join(d, 'release', 'mp_rank_00_000_000', 'model_optim_rng.pt')
@@ -241,14 +270,25 @@ def run_all(work):
             elif what == 'missing':
                 os.remove(b)
                 needles = ['mp_rank_01_000_001', 'missing']
-            else:
+            elif what == 'unlisted':
                 with open(os.path.join(d, 'release', 'notes.txt'), 'w') as f:
                     f.write('x')
                 needles = ['release/notes.txt', 'not listed']
+            else:  # the files untouched, the manifest's tensor list of one file edited (a tensor renamed)
+                mp = os.path.join(d, 'ckbridge-manifest.json')
+                with open(mp) as f:
+                    m = json.load(f)
+                e = next(e for e in m['files'] if e['path'] == 'release/mp_rank_00_000_000/model_optim_rng.pt')
+                old_name = e['tensors'][0]['name']
+                e['tensors'][0]['name'] = old_name + '_renamed'
+                with open(mp, 'w') as f:
+                    json.dump(m, f)
+                needles = ['mp_rank_00_000_000', old_name + '_renamed', old_name + ' (not in the manifest)']
             p = run([VERIFY, '--manifest', d], rc=1)
             for n in needles:
                 assert n in p.stdout, (what, n, p.stdout)
-    check('manifest check catches a truncated, a swapped, a missing and an unlisted file', manifest_damage)
+    check('manifest check catches a truncated, a swapped, a missing and an unlisted file, and a tensor list that is not the file\'s',
+          manifest_damage)
 
 
 def main():

@@ -26,6 +26,11 @@ struct Producer {
   Shape shape;
   std::size_t scratch_bytes = 0;  // working memory while it runs (planner's estimate)
   std::function<AnyConstView(Tensor& scratch)> run;
+  // Optional, for checking a checkpoint (verify): whether the tensor's bytes equal `other`'s (same
+  // dtype and shape, contiguous), compared against the stored pieces in place, without assembling
+  // the tensor; does what `run` does besides (record CRC checks, copy checks). Empty where the
+  // tensor is computed (dequantized, quantized, padded): then compare what `run` returns.
+  std::function<bool(const AnyConstView& other)> equals = {};
 
   std::uint64_t bytes() const { return static_cast<std::uint64_t>(numel(shape)) * dtype_size(dtype); }
 };

@@ -3,6 +3,7 @@
 // tensor on the HF side) from one logical source tensor, choosing between zero-copy views,
 // copies, direct FP8 block copies, quantization, dequantization and re-quantization. Both
 // conversion directions describe their target as a ShardMap over the logical full tensor.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <functional>
@@ -159,6 +160,39 @@ inline quant::QuantResult quantize_shard(const std::string& name, const AnyConst
                           .device = s.device, .threads = 0, .name = name});
 }
 
+// Whether `other` (contiguous, dtype `dt`, the shard of map `m`) holds the bytes the pieces give
+// the shard, compared in place (no copy). Throws like gather() when the pieces do not cover a
+// region. Maps that pad are not compared here (the caller assembles the shard instead).
+inline bool gather_equal(const LogicalSource& src, const std::vector<Placed>& pieces, DType dt, const layout::ShardMap& m,
+                         const AnyConstView& other) {
+  if (other.dtype != dt || other.shape != m.shard_shape) return false;
+  for (const auto& p : m.pieces) {
+    const AnyConstView want = layout::detail::sub(other, p.dst());
+    std::int64_t covered = 0;
+    for (const auto& pc : pieces) {
+      const layout::Box pb{pc.origin, pc.view.shape};
+      const auto hit = layout::intersect(pb, p.src);
+      if (!hit) continue;
+      layout::Box in_src{hit->begin, hit->extent}, in_out{hit->begin, hit->extent};
+      for (std::size_t d = 0; d < p.src.rank(); ++d) {
+        in_src.begin[d] -= pc.origin[d];
+        in_out.begin[d] -= p.src.begin[d];
+      }
+      if (pc.view.dtype != dt) return false;
+      if (!views_equal(layout::detail::sub(pc.view, in_src), layout::detail::sub(want, in_out))) return false;
+      covered += hit->volume();
+    }
+    if (covered != p.src.volume())
+      fail("tensor '", src.name, "': the available pieces cover ", covered, " of ", p.src.volume(),
+           " elements of region ", layout::box_str(p.src), " (missing or overlapping shards)");
+  }
+  return true;
+}
+
+inline bool map_pads(const layout::ShardMap& m) {
+  return std::any_of(m.pieces.begin(), m.pieces.end(), [](const auto& p) { return p.is_pad(); });
+}
+
 }  // namespace produce_detail
 
 // Whether the target `m` can take whole FP8 blocks of the source without re-quantization.
@@ -180,6 +214,8 @@ inline OutEntry make_entry_unchecked(std::shared_ptr<const LogicalSource> src, c
     if (!src->fp8) {
       e.data = Producer{src->dtype, shard, shard_view(src->data, m) ? 0 : bytes_of(src->dtype, shard),
                         [src, m](Tensor& scratch) { return gather_into(*src, src->data, src->dtype, m, scratch); }};
+      if (!map_pads(m))
+        e.data.equals = [src, m](const AnyConstView& o) { return gather_equal(*src, src->data, src->dtype, m, o); };
       e.how = m.pieces.size() == 1 && shard == src->full ? "copy" : "reshard";
       return e;
     }
@@ -218,6 +254,8 @@ inline OutEntry make_entry_unchecked(std::shared_ptr<const LogicalSource> src, c
     const layout::ShardMap sm = layout::fp8_scale_map(name, src->full, m, 0, 1);
     e.data = Producer{DType::F8_E4M3, shard, shard_view(src->data, m) ? 0 : bytes_of(DType::F8_E4M3, shard),
                       [src, m](Tensor& scratch) { return gather_into(*src, src->data, DType::F8_E4M3, m, scratch); }};
+    if (!map_pads(m))
+      e.data.equals = [src, m](const AnyConstView& o) { return gather_equal(*src, src->data, DType::F8_E4M3, m, o); };
     const std::int64_t cols = cols_of(shard);
     e.scale = Producer{DType::F32, scale_shape, 2 * bytes_of(DType::F32, scale_shape),
                        [src, sm, layout = fs.layout, cols](Tensor& scratch) {
@@ -299,6 +337,11 @@ inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layou
       for (const auto& b : boxes) produce_detail::check_copies(*src, b);
       return run(scratch);
     };
+    if (e.data.equals)
+      e.data.equals = [src, boxes, eq = std::move(e.data.equals)](const AnyConstView& o) {
+        for (const auto& b : boxes) produce_detail::check_copies(*src, b);
+        return eq(o);
+      };
   }
   if (!src->verify_reads.empty()) {
     auto wrap = [src](std::function<AnyConstView(Tensor&)> run) {
@@ -309,6 +352,11 @@ inline OutEntry make_entry(std::shared_ptr<const LogicalSource> src, const layou
     };
     e.data.run = wrap(std::move(e.data.run));
     if (e.scale.run) e.scale.run = wrap(std::move(e.scale.run));
+    if (e.data.equals)
+      e.data.equals = [src, eq = std::move(e.data.equals)](const AnyConstView& o) {
+        for (const auto& v : src->verify_reads) v();
+        return eq(o);
+      };
   }
   e.locate = [src, m](const Shape& idx, bool scale) { return locate_in_source(*src, m, idx, scale); };
   return e;

@@ -9,6 +9,8 @@
 //    compared in float32: max abs error and max error relative to the tensor's largest magnitude,
 //    which must be <= `tolerance`.
 // Tensors are compared by `threads` workers, largest first; memory is a few tensors per worker.
+// Where one side's tensor is stored pieces of the other's dtype (an MCore shard, an FP8 block
+// carried over), the pieces are compared in place with the other side, nothing assembled.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -33,6 +35,9 @@ struct VerifyItem {
   Shape shape;
   std::function<AnyConstView(Tensor& scratch)> run;           // the tensor (possibly strided)
   std::function<std::string(const Shape& index)> where;       // where an element is stored
+  // Optional: whether the tensor equals a contiguous view of the same dtype and shape, compared
+  // in place against the stored pieces (Producer::equals); saves assembling it.
+  std::function<bool(const AnyConstView& other)> equals;
   std::uint64_t bytes() const { return static_cast<std::uint64_t>(numel(shape)) * dtype_size(dtype); }
 };
 using VerifyItems = std::map<std::string, VerifyItem>;
@@ -66,6 +71,7 @@ inline VerifyItems plan_verify_items(const Plan& plan) {
       it.dtype = e.data.dtype;
       it.shape = e.data.shape;
       it.run = e.data.run;
+      it.equals = e.data.equals;
       if (e.locate) it.where = [l = e.locate](const Shape& i) { return l(i, false); };
       out.emplace(e.key, std::move(it));
     }
@@ -241,6 +247,25 @@ inline VerifyReport verify(const VerifyItems& a, const VerifyItems& b, const Ver
     }
     Tensor sa, sb, ha, hb;
     AnyConstView va, vb;
+    // Same dtype and one side compares in place: produce only the other side (a zero-copy view
+    // for an HF tensor) and compare it with the stored pieces; only a difference (or an
+    // unreadable source) goes on to assemble both sides and locate it.
+    if (A.dtype == B.dtype && (A.equals || B.equals)) {
+      const bool b_in_place = static_cast<bool>(B.equals);
+      const VerifyItem& made = b_in_place ? A : B;
+      bool same = false;
+      try {
+        Tensor s, h;
+        const AnyConstView v = contiguous(made.run(s), h);
+        same = (b_in_place ? B : A).equals(v);
+      } catch (const Error&) {
+        same = false;  // reported below, naming the side
+      }
+      if (same) {
+        t.status = VerifyStatus::Identical;
+        return;
+      }
+    }
     try {  // an unreadable source (damaged record, inconsistent copy) is a finding, not the end
       va = contiguous(A.run(sa), ha);
     } catch (const Error& e) {

@@ -89,6 +89,95 @@ struct FileEntry {
   std::vector<TensorHash> tensors;
 };
 
+// SHA-256 of a whole file, read through a memory map front to back: the kernel is told the next
+// piece is needed while the current one is hashed (read-ahead overlaps hashing on a cold page
+// cache), and the pieces already hashed are dropped from this mapping (the page cache keeps them).
+inline std::string sha256_file(const std::filesystem::path& path) {
+  const MappedFile m(path);
+  Sha256 h;
+  constexpr std::size_t kStep = 8u << 20;
+  m.advise_sequential(0, m.size());
+  m.advise_willneed(0, 2 * kStep);
+  for (std::size_t o = 0; o < m.size(); o += kStep) {
+    const std::size_t n = std::min(kStep, m.size() - o);
+    m.advise_willneed(o + 2 * kStep, kStep);
+    h.update(m.data() + o, n);
+    m.release(o, n);
+  }
+  return h.hex();
+}
+
+namespace detail {
+
+// The tensors a file holds, as the manifest names them, with their sizes; with `hash` also each
+// one's SHA-256. Files that are neither safetensors nor torch.save (by extension) have none; a
+// torch.save file that does not parse as a Megatron rank file throws.
+inline std::vector<TensorHash> file_tensors(const std::filesystem::path& path, bool hash) {
+  std::vector<TensorHash> out;
+  const std::string ext = path.extension().string();
+  if (ext == ".safetensors") {
+    const safetensors::File f(path);
+    for (const auto& t : f.tensors()) out.push_back({t.name, hash ? sha256_hex(f.bytes(t)) : std::string(), t.size_bytes()});
+    if (hash) f.mapped().release(0, f.mapped().size());
+  } else if (ext == ".pt") {
+    const format::MegatronRankFile f = format::load_megatron_rank_file(path);
+    for (const auto& md : f.models)
+      for (const auto& en : md.entries) {
+        using K = format::ModelEntry::Kind;
+        const std::string name = md.key + "/" + en.name;
+        if (en.kind == K::Tensor && en.tensor) {
+          const AnyConstView v = f.view(*en.tensor, name, false);  // a damaged record shows as a differing hash
+          out.push_back({name, hash ? sha256_hex(v) : std::string(), v.size_bytes()});
+        } else if (en.kind == K::TeFp8Blockwise && en.fp8) {
+          const auto tv = f.file->te_fp8_views(*en.fp8, name, false);
+          out.push_back({name + ":data", hash ? sha256_hex(tv.data) : std::string(), tv.data.size_bytes()});
+          out.push_back({name + ":scale_inv", hash ? sha256_hex(tv.scale_inv) : std::string(), tv.scale_inv.size_bytes()});
+        }
+      }
+    if (hash)
+      if (const MappedFile* m = f.file->zip().mapped_file()) m->release(0, m->size());
+  }
+  return out;
+}
+
+// Runs job(i) for i in `order` on `threads` workers (the calling thread is one); the first
+// exception is rethrown after all have stopped.
+template <class Job>
+void for_each_parallel(const std::vector<std::size_t>& order, int threads, Job&& job) {
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr err;
+  std::mutex mu;
+  auto work = [&] {
+    for (std::size_t k; (k = next++) < order.size();) {
+      try {
+        job(order[k]);
+      } catch (...) {
+        std::lock_guard lk(mu);
+        if (!err) err = std::current_exception();
+        next = order.size();
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  const int n = std::max(1, std::min(threads, static_cast<int>(order.size())));
+  for (int t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (err) std::rethrow_exception(err);
+}
+
+// Indices of `sizes`, largest first (SHA-256 is sequential within a file, so files are the unit
+// of parallel work; the largest first keeps the workers busy to the end).
+inline std::vector<std::size_t> largest_first(const std::vector<std::uint64_t>& sizes) {
+  std::vector<std::size_t> order(sizes.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sizes[a] > sizes[b]; });
+  return order;
+}
+
+}  // namespace detail
+
 // Hashes one file of a checkpoint: the whole file, and its tensors when it is a safetensors or a
 // torch.save file (by extension).
 inline FileEntry hash_file(const std::filesystem::path& root, const std::filesystem::path& rel) {
@@ -98,73 +187,31 @@ inline FileEntry hash_file(const std::filesystem::path& root, const std::filesys
   std::error_code ec;
   e.size = std::filesystem::file_size(path, ec);
   if (ec) fail(path.string(), ": cannot stat: ", ec.message());
-  if (e.size == 0) {
-    e.sha256 = sha256_hex(std::span<const std::byte>());
-    return e;
-  }
-  const std::string ext = rel.extension().string();
-  if (ext == ".safetensors") {
-    const safetensors::File f(path);
-    e.sha256 = sha256_hex(std::span<const std::byte>(f.mapped().data(), f.mapped().size()));
-    for (const auto& t : f.tensors()) e.tensors.push_back({t.name, sha256_hex(f.bytes(t)), t.size_bytes()});
-    f.mapped().release(0, f.mapped().size());
-    return e;
-  }
-  if (ext == ".pt") {
-    const format::MegatronRankFile f = format::load_megatron_rank_file(path);
-    const MappedFile* m = f.file->zip().mapped_file();
-    if (m) e.sha256 = sha256_hex(std::span<const std::byte>(m->data(), m->size()));
-    for (const auto& md : f.models)
-      for (const auto& en : md.entries) {
-        using K = format::ModelEntry::Kind;
-        const std::string name = md.key + "/" + en.name;
-        if (en.kind == K::Tensor && en.tensor) {
-          const AnyConstView v = f.view(*en.tensor, name, false);  // a damaged record shows as a differing hash
-          e.tensors.push_back({name, sha256_hex(v), v.size_bytes()});
-        } else if (en.kind == K::TeFp8Blockwise && en.fp8) {
-          const auto tv = f.file->te_fp8_views(*en.fp8, name, false);
-          e.tensors.push_back({name + ":data", sha256_hex(tv.data), tv.data.size_bytes()});
-          e.tensors.push_back({name + ":scale_inv", sha256_hex(tv.scale_inv), tv.scale_inv.size_bytes()});
-        }
-      }
-    if (m) m->release(0, m->size());
-    if (!e.sha256.empty()) return e;
-  }
-  const MappedFile m(path);
-  e.sha256 = sha256_hex(std::span<const std::byte>(m.data(), m.size()));
+  e.sha256 = e.size == 0 ? sha256_hex(std::span<const std::byte>()) : sha256_file(path);
+  if (e.size > 0) e.tensors = detail::file_tensors(path, true);
   return e;
 }
 
-// Hashes `rels` with `threads` workers; the result is in the order of `rels`. Files that `known`
-// (optional) holds, by their '/'-separated path, are taken from it instead (hashed earlier, e.g.
-// by the process that wrote them).
+// Hashes `rels` with `threads` workers, largest files first; the result is in the order of `rels`.
+// Files that `known` (optional) holds, by their '/'-separated path, are taken from it instead
+// (hashed earlier, e.g. by the process that wrote them).
 inline std::vector<FileEntry> hash_files(const std::filesystem::path& root, const std::vector<std::filesystem::path>& rels,
                                          int threads, const std::map<std::string, FileEntry>* known = nullptr) {
   std::vector<FileEntry> out(rels.size());
-  std::atomic<std::size_t> next{0};
-  std::exception_ptr err;
-  std::mutex mu;
-  auto work = [&] {
-    for (std::size_t i; (i = next++) < rels.size();) {
-      try {
-        if (known)
-          if (auto it = known->find(rels[i].generic_string()); it != known->end()) {
-            out[i] = it->second;
-            continue;
-          }
-        out[i] = hash_file(root, rels[i]);
-      } catch (...) {
-        std::lock_guard lk(mu);
-        if (!err) err = std::current_exception();
+  std::vector<std::uint64_t> sizes(rels.size());
+  for (std::size_t i = 0; i < rels.size(); ++i) {
+    std::error_code ec;
+    sizes[i] = std::filesystem::file_size(root / rels[i], ec);
+    if (ec) sizes[i] = 0;  // hash_file reports it
+  }
+  detail::for_each_parallel(detail::largest_first(sizes), threads, [&](std::size_t i) {
+    if (known)
+      if (auto it = known->find(rels[i].generic_string()); it != known->end()) {
+        out[i] = it->second;
         return;
       }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < std::max(1, threads); ++t) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
-  if (err) std::rethrow_exception(err);
+    out[i] = hash_file(root, rels[i]);
+  });
   return out;
 }
 
@@ -277,15 +324,20 @@ struct Finding {
 // Re-hashes the files a manifest lists under `root`; returns what differs (empty: all match).
 // A truncated file, a changed or swapped file, a missing file and a file the manifest does not
 // list are each reported, a changed file with the tensors whose bytes changed.
+//
+// Each byte is hashed once: a file whose size and SHA-256 match holds exactly the bytes the
+// manifest was made from, so its tensors match too; only its header is read, to check that the
+// manifest's tensor list (names and sizes) is the file's. The tensors of a file whose SHA-256
+// differs are hashed to name the ones that changed. Files are hashed in parallel, largest first.
 inline std::vector<Finding> check(const std::filesystem::path& root, const Manifest& m, int threads,
                                   std::size_t* verified = nullptr) {
   std::vector<Finding> out;
-  std::vector<std::filesystem::path> present;
   std::map<std::string, const FileEntry*> listed;
   for (const auto& f : m.files) listed[f.rel] = &f;
   for (const auto& rel : checkpoint_files(root))
     if (!listed.count(rel.generic_string())) out.push_back({rel.generic_string(), "not listed in the manifest"});
   std::vector<const FileEntry*> want;
+  std::vector<std::uint64_t> sizes;
   for (const auto& f : m.files) {
     std::error_code ec;
     const auto sz = std::filesystem::file_size(root / f.rel, ec);
@@ -298,19 +350,45 @@ inline std::vector<Finding> check(const std::filesystem::path& root, const Manif
                                 (sz < f.size ? " (truncated)" : "")});
       continue;
     }
-    present.push_back(f.rel);
     want.push_back(&f);
+    sizes.push_back(sz);
   }
-  const std::vector<FileEntry> got = hash_files(root, present, threads);
-  std::size_t ok = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
+  // Per file: empty when it matches, else what differs.
+  std::vector<std::string> what(want.size());
+  detail::for_each_parallel(detail::largest_first(sizes), threads, [&](std::size_t i) {
     const FileEntry& w = *want[i];
-    if (got[i].sha256 == w.sha256) {
-      ++ok;
-      continue;
+    const std::filesystem::path path = root / w.rel;
+    const bool same = (w.size == 0 ? sha256_hex(std::span<const std::byte>()) : sha256_file(path)) == w.sha256;
+    std::vector<TensorHash> got;
+    try {
+      if (w.size > 0) got = detail::file_tensors(path, !same);
+    } catch (const std::exception& e) {
+      what[i] = same ? std::string("SHA-256 matches, but the file cannot be read as its tensors: ") + e.what()
+                     : std::string("SHA-256 differs; its tensors cannot be read: ") + e.what();
+      return;
+    }
+    if (same) {  // the bytes are the manifest's: its tensor list must be the file's
+      std::map<std::string, std::uint64_t> have;
+      for (const auto& t : got) have[t.name] = t.bytes;
+      std::string bad;
+      std::size_t n = 0;
+      auto note = [&](const std::string& s) {
+        if (++n <= 4) bad += (bad.empty() ? "" : ", ") + s;
+      };
+      for (const auto& t : w.tensors) {
+        auto it = have.find(t.name);
+        if (it == have.end()) note(t.name + " (not in the file)");
+        else if (it->second != t.bytes)
+          note(t.name + " (" + std::to_string(it->second) + " bytes, the manifest says " + std::to_string(t.bytes) + ")");
+        if (it != have.end()) have.erase(it);
+      }
+      for (const auto& [name, bytes] : have) note(name + " (not in the manifest)");
+      if (n > 4) bad += ", ... (" + std::to_string(n) + " in all)";
+      if (n) what[i] = "SHA-256 matches, but the manifest's tensor list is not the file's: " + bad;
+      return;
     }
     std::map<std::string, std::string> have;
-    for (const auto& t : got[i].tensors) have[t.name] = t.sha256;
+    for (const auto& t : got) have[t.name] = t.sha256;
     std::string tensors;
     std::size_t n = 0;
     for (const auto& t : w.tensors) {
@@ -319,7 +397,12 @@ inline std::vector<Finding> check(const std::filesystem::path& root, const Manif
       if (++n <= 4) tensors += (tensors.empty() ? "" : ", ") + t.name + (it == have.end() ? " (absent)" : "");
     }
     if (n > 4) tensors += ", ... (" + std::to_string(n) + " in all)";
-    out.push_back({w.rel, "SHA-256 differs" + (tensors.empty() ? std::string() : "; tensors whose bytes differ: " + tensors)});
+    what[i] = "SHA-256 differs" + (tensors.empty() ? std::string() : "; tensors whose bytes differ: " + tensors);
+  });
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (what[i].empty()) ++ok;
+    else out.push_back({want[i]->rel, what[i]});
   }
   if (verified) *verified = ok;
   return out;
