@@ -77,7 +77,8 @@ def simple(out):
                    'mlp.linear_fc1.weight': fc1, 'experts.weight': ex})
 
 
-def gpt_tiny(out):
+def build_gpt_tiny():
+    """The gpt_tiny GPTModel (bf16, random weights from seed 17; expert bias fp32)."""
     import torch
     from megatron.core import tensor_parallel
     from megatron.core.models.gpt import GPTModel
@@ -109,10 +110,15 @@ def gpt_tiny(out):
     for m in model.modules():  # MCore keeps the router's expert bias in fp32
         if hasattr(m, 'expert_bias') and isinstance(m.expert_bias, torch.Tensor):
             m.expert_bias.data = m.expert_bias.data.float()
+    return model
+
+
+def reference_tensors(model):
+    """The model's tensors under their checkpoint keys: sequential experts
+    (...experts.local_experts.<e>.linear_fc1.weight) stacked as ...experts.experts.linear_fc1.weight."""
+    import torch
     ref = {k: v.detach().clone() for k, v in model.state_dict().items()
            if isinstance(v, torch.Tensor) and not k.endswith('_extra_state')}
-    # sequential experts: local names ...experts.local_experts.<e>.linear_fc1.weight; the
-    # checkpoint stacks them as ...experts.experts.linear_fc1.weight [E, rows, cols]
     stacked = {}
     for k in list(ref):
         if '.local_experts.' in k:
@@ -121,7 +127,12 @@ def gpt_tiny(out):
             stacked.setdefault(pre + '.experts.' + name, {})[int(e)] = ref.pop(k)
     for k, per in stacked.items():
         ref[k] = torch.stack([per[e] for e in sorted(per)])
-    save(model.sharded_state_dict(), out, ref)
+    return ref
+
+
+def gpt_tiny(out):
+    model = build_gpt_tiny()
+    save(model.sharded_state_dict(), out, reference_tensors(model))
 
 
 if __name__ == "__main__":
