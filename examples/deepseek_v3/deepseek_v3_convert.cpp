@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include "ckbridge/convert/mcore_layout.hpp"
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
+#include "ckbridge/convert/torch_dist_out.hpp"
 #include "ckbridge/format/manifest.hpp"
 #include "ckbridge/core/proc_memory.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
@@ -47,6 +49,7 @@ struct Flags {
   std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
   std::string megatron_path, hf_config_file;
   std::string model = "deepseek_v3";
+  std::string ckpt_format = "torch";
 };
 
 std::uint64_t parse_size(const std::string& s, const char* flag) { return convert::parse_byte_size(s, flag); }
@@ -169,6 +172,9 @@ int main(int argc, char** argv) {
   app.add_option("--te_version", f.te_version, "TransformerEngine version whose FP8 pickle form to write (2.3 ... 2.17+)");
   app.add_flag("--dequantize_fp8", f.dequantize_fp8, "write FP8 weights of the source as --torch_dtype instead");
   app.add_option("--hf_max_shard_size", f.hf_max_shard_size, "HF output shard size (e.g. 5GB)");
+  app.add_option("--ckpt_format,--ckpt-format", f.ckpt_format,
+                 "MCore output format: torch (legacy, per rank) or torch_dist (distributed checkpoint; "
+                 "no parallel layout)")->check(CLI::IsMember({"torch", "torch_dist"}));
   app.add_flag("-q,--quiet", f.quiet, "no progress output");
   app.add_flag("--overwrite", f.overwrite,
                "replace a finished ckbridge output in --save_ckpt_path (the files its manifest lists)");
@@ -258,6 +264,19 @@ int main(int argc, char** argv) {
     o.hf_max_shard_bytes = parse_size(f.hf_max_shard_size, "--hf_max_shard_size");
     o.max_workers = f.max_workers;
     const format::TeVersion te = parse_te(f.te_version);
+    const bool torch_dist_out = f.save_platform == "mcore" && f.ckpt_format == "torch_dist";
+    if (f.ckpt_format != "torch" && f.save_platform != "mcore") fail("--ckpt_format applies to MCore output only");
+    if (torch_dist_out) {  // layout-free: planned as one rank, re-keyed by convert/torch_dist_out.hpp
+      for (const char* flag : {"--tensor_model_parallel_size", "--pipeline_model_parallel_size", "--expert_parallel_size",
+                               "--expert_tensor_parallel_size", "--num-virtual-stages-per-pipeline-rank",
+                               "--custom_pipeline_layers", "--pipeline_model_parallel_layout", "--moe-grouped-gemm"})
+        if (app.count(flag)) fail(flag, " with --ckpt_format torch_dist: a torch_dist checkpoint has no parallel layout "
+                                  "(Megatron-Core reshards it when loading); drop the flag");
+      o.tp = 1;
+      o.ep = 1;
+      o.etp.reset();
+      o.pipeline = convert::PipelineOptions{};
+    }
 
     const fs::path out(f.save_ckpt_path);
     convert::Plan plan;
@@ -327,6 +346,19 @@ int main(int argc, char** argv) {
           for (const auto& [key, from] : config::config_json_origins(text, mc))
             std::printf("  config.json %-32s from %s\n", key.c_str(), from.c_str());
       print_memory("after planning");
+      return 0;
+    }
+    if (torch_dist_out) {
+      const auto t0 = std::chrono::steady_clock::now();
+      convert::TorchDistOutOptions to;
+      to.num_experts = shape.num_experts;
+      to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
+      to.files = static_cast<unsigned>(std::max(2, f.max_workers));
+      const auto rep = convert::write_torch_dist(plan, out, to);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("done: torch_dist, %zu entries in %zu data files, %.3f GB in %.2f s -> %s\n",
+                  rep.metadata.entries.size(), rep.files.size(), double(rep.bytes) / 1e9, sec, out.string().c_str());
+      print_memory("at the end");
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
