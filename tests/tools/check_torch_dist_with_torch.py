@@ -10,6 +10,10 @@ make_torch_dist_fixtures.py for the versions used).
       Megatron-Core dist_checkpointing.load of the checkpoint into the tiny GPTModel of
       make_torch_dist_fixtures.py (gpt_tiny; local spec): the loaded model's state dict must equal
       the reference bit for bit (stacked expert tensors unstacked per expert).
+  python check_torch_dist_with_torch.py resave <ckpt_dir> <dims.json> <work_dir>
+      ckbridge's HF -> torch_dist output of the tests/gpu tiny DeepSeek model (dims.json as
+      check_torch_dist_forward.py writes it), loaded into Megatron-Core's GPTModel and saved again
+      by Megatron-Core: data files byte-identical, metadata equal.
 """
 import io
 import os
@@ -80,6 +84,62 @@ def mcore_check(ckpt, ref_path):
     return 0 if not bad and len(got) == len(ref) and want == have else 1
 
 
+def resave_check(ckpt, dims_json, work):
+    """Loads ckbridge's torch_dist output (HF -> torch_dist of the tests/gpu tiny DeepSeek model) into
+    Megatron-Core's GPTModel (local spec, bf16), saves it again with dist_checkpointing.save and
+    compares: the data files and metadata.json must be byte-identical to ckbridge's, `.metadata`
+    equal as objects (ignoring save_id / checkpoint_id), common.pt aside (Megatron saved no common state here)."""
+    import filecmp
+    import json
+    import pickle
+    import torch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'gpu'))
+    import make_torch_dist_fixtures as mk
+    import mcore_forward as mf
+    from megatron.core import dist_checkpointing
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
+    import torch.distributed.checkpoint as dcp
+    import contextlib
+    from megatron.core import tensor_parallel
+    mk.setup()
+    tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
+    d = json.load(open(dims_json))
+    config = mf.build_config(d, 1, 1, 1, cpu=True)
+    attn_cls = mf.patch_megatron()
+    block_spec = get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization='RMSNorm')
+    for spec in block_spec.layer_specs:
+        spec.submodules.self_attention.submodules.core_attention = attn_cls
+    mtp_spec = get_gpt_mtp_block_spec(config, block_spec.layer_specs[-1], use_transformer_engine=False)
+    vp = dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata['embedding.word_embeddings.weight'].size[0]
+    model = GPTModel(config, transformer_layer_spec=block_spec, vocab_size=vp, max_sequence_length=32,
+                     pre_process=True, post_process=True, parallel_output=False,
+                     share_embeddings_and_output_weights=False, position_embedding_type='rope',
+                     mtp_block_spec=mtp_spec).to(torch.bfloat16)
+    for m in model.modules():
+        if hasattr(m, 'expert_bias') and isinstance(m.expert_bias, torch.Tensor):
+            m.expert_bias.data = m.expert_bias.data.float()
+    sd = dist_checkpointing.load(model.sharded_state_dict(), ckpt)
+    for k in torch.load(os.path.join(ckpt, 'common.pt'), weights_only=False):
+        sd.pop(k, None)
+    model.load_state_dict(sd)
+    out = os.path.join(work, 'resaved')
+    os.makedirs(out)
+    dist_checkpointing.save(model.sharded_state_dict(), out)
+    names = sorted(f for f in os.listdir(out) if f.endswith('.distcp')) + ['metadata.json']
+    same = {f: filecmp.cmp(os.path.join(out, f), os.path.join(ckpt, f), shallow=False) for f in names}
+    a = pickle.load(open(os.path.join(out, '.metadata'), 'rb'))
+    b = pickle.load(open(os.path.join(ckpt, '.metadata'), 'rb'))
+    md_same = (a.state_dict_metadata == b.state_dict_metadata and a.storage_data == b.storage_data
+               and list(a.state_dict_metadata) == list(b.state_dict_metadata))
+    print(f"resave: Megatron-Core re-saved {len(a.state_dict_metadata)} entries; files identical to ckbridge's: {same}; "
+          f".metadata state_dict_metadata + storage_data equal (and in the same order): {md_same}")
+    return 0 if all(same.values()) and md_same else 1
+
+
 if __name__ == "__main__":
     mode, ckpt, ref = sys.argv[1:4]
+    if mode == 'resave':
+        sys.exit(resave_check(ckpt, ref, sys.argv[4]))
     sys.exit(dcp_check(ckpt, ref) if mode == 'dcp' else mcore_check(ckpt, ref))
