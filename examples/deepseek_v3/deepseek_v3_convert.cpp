@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
     if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
     convert::ModelShape shape =
         examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
-    if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore")
+    if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore" && f.ckpt_format == "torch")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
     convert::ConvertOptions o;

@@ -4,6 +4,7 @@ NOT run in CI (it needs megatron-core and a recent torch, several GB). The commi
 made with megatron-core 0.16.1 and torch 2.15.0 (CPU wheels, Python 3.11), single process (gloo,
 world size 1), following the CPU recipe in the reference notes on torch_dist:
     python tests/tools/make_torch_dist_fixtures.py tests/data/torch_dist
+    python tests/tools/make_torch_dist_fixtures.py --ds-tiny build tests/data/torch_dist/ds_tiny_megatron
 
 Each fixture directory <name>/ holds what `dist_checkpointing.save` wrote (metadata.json,
 common.pt, .metadata, __0_0.distcp, __0_1.distcp), and <name>.ref.safetensors holds every sharded
@@ -135,7 +136,52 @@ def gpt_tiny(out):
     save(model.sharded_state_dict(), out, reference_tensors(model))
 
 
+def ds_tiny(build, dest):
+    """Megatron-Core's own save of the tiny DeepSeek-V3 model CI converts: the BF16 HF checkpoint of
+    deepseek_v3_make_tiny (configs/deepseek_v3/deepseek_v3_tiny.yaml) is converted HF -> torch_dist
+    by ckbridge, loaded into GPTModel (local spec, bf16) and saved again with dist_checkpointing.save.
+    Kept: Megatron-Core's .metadata and metadata.json, and the size + sha256 of each data file
+    (the data files themselves are 26 MB)."""
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
+    sys.path.insert(0, os.path.join(root, 'tests', 'gpu'))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gpu_proof
+    import check_torch_dist_with_torch as chk
+    cfg = os.path.join(root, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
+    conv = os.path.join(root, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert_local.yaml')
+    work = tempfile.mkdtemp()
+    try:
+        hf, td = os.path.join(work, 'hf'), os.path.join(work, 'td')
+        subprocess.run([os.path.join(build, 'examples', 'deepseek_v3_make_tiny'), '--config_file', cfg, '--convert_file',
+                        conv, '--out', hf, '--dtype', 'bf16'], check=True)
+        subprocess.run([os.path.join(build, 'examples', 'deepseek_v3_convert'), '--load_platform', 'huggingface',
+                        '--save_platform', 'mcore', '--config_file', cfg, '--convert_file', conv, '--load_ckpt_path', hf,
+                        '--save_ckpt_path', td, '--safetensors', '-q', '--ckpt_format', 'torch_dist'], check=True)
+        json.dump(gpu_proof.read_dims(cfg), open(os.path.join(work, 'dims.json'), 'w'))
+        rc = chk.resave_check(os.path.join(td, 'release'), os.path.join(work, 'dims.json'), work)
+        print('resave check rc', rc)
+        out = os.path.join(work, 'resaved')
+        os.makedirs(dest, exist_ok=False)
+        for f in ('.metadata', 'metadata.json'):
+            shutil.copy(os.path.join(out, f), os.path.join(dest, f))
+        with open(os.path.join(dest, 'data_files.sha256'), 'w') as fh:
+            for f in sorted(os.listdir(out)):
+                if f.endswith('.distcp'):
+                    data = open(os.path.join(out, f), 'rb').read()
+                    fh.write('%s %d %s\n' % (hashlib.sha256(data).hexdigest(), len(data), f))
+    finally:
+        shutil.rmtree(work)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == '--ds-tiny':  # --ds-tiny BUILD_DIR DEST_DIR (needs the built converter)
+        ds_tiny(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     dest = sys.argv[1]
     setup()
     simple(os.path.join(dest, 'simple'))
