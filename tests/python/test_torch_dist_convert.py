@@ -8,7 +8,8 @@ the converter's code:
      and torch.load for each stored item, equals the legacy (torch format, tp1) output of the same HF
      checkpoint (itself checked against numpy by test_convert_deepseek / test_convert_llama3), with
      sequential experts stacked; every linear has its `_extra_state` object [None];
-  3. bad requests are refused before any output: parallel-layout flags, an FP8 source without
+  3. legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
+  4. bad requests are refused before any output: parallel-layout flags, an FP8 source without
      --dequantize_fp8, --ckpt_format for HF output.
 The test Python's torch (1.13) has no torch.distributed.checkpoint: the DCP classes are stubbed.
 """
@@ -173,6 +174,22 @@ def run_all(work):
         assert a[0] == b[0], [k for k in a[0] if a[0][k] != b[0].get(k)][:5]
         assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
     H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata', megatron_bytes)
+
+    def from_legacy():
+        leg, dst = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
+        convert(DS_CFG, DS_CONV, ds16, leg, ['--tensor_model_parallel_size', '2', '--pipeline_model_parallel_size', '2',
+                                             '--expert_parallel_size', '2'])
+        cmd = [H.CONVERT, '--load_platform', 'mcore', '--save_platform', 'mcore', '--config_file', DS_CFG, '--convert_file',
+               DS_CONV, '--load_ckpt_path', leg, '--save_ckpt_path', dst, '-q', '--ckpt_format', 'torch_dist']
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ref = os.path.join(DATA, 'ds_tiny_megatron')
+        want = {line.split()[2]: line.split()[0] for line in open(os.path.join(ref, 'data_files.sha256'))}
+        rel = os.path.join(dst, 'release')
+        have = {f: hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest() for f in os.listdir(rel)
+                if f.endswith('.distcp')}
+        assert have == want, (have, want)
+    H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist: the same bytes as Megatron-Core\'s save', from_legacy)
 
     def same_as_legacy(name, cfg, conv, src, model):
         td, leg = os.path.join(work, name + '_td2'), os.path.join(work, name + '_leg')
