@@ -12,7 +12,7 @@ make_torch_dist_fixtures.py).
 4. the same for ckbridge's legacy (torch, tp1) output of the same HF model, loaded the legacy way;
 5. PASS: 0 missing / 0 unexpected keys and the torch_dist logits bit-identical to the legacy ones;
    the distance to transformers' logits is printed against the 1e-5 bar (met on GPUs by
-   tests/gpu/gpu_proof.py; a CPU run differs by ~1e-4 for both formats).
+   tests/gpu/gpu_proof.py; a CPU run differs by ~1e-4 for both formats). Runs on CUDA when visible.
 """
 import os
 import subprocess
@@ -36,7 +36,12 @@ def main():
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, d['vocab_size'], (2, 24), generator=gen)
     torch.save(ids, os.path.join(work, 'ids.pt'))
-    ref_main, ref_mtp = gp.hf_logits(model, mtp, ids, 'cpu')
+    # CUDA when visible (the 1e-5 bar of tests/gpu/gpu_proof.py), else the CPU
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if dev == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    ref_main, ref_mtp = gp.hf_logits(model, mtp, ids, dev)
     conv = gp.Converter(os.path.join(build, 'examples'), work, False)
     dst = os.path.join(work, 'torch_dist')
     log = conv(os.path.join(work, 'hf_bf16'), dst, 'huggingface', 'mcore', gp.CONVERT_LOCAL, ['--ckpt_format', 'torch_dist'])
@@ -45,7 +50,7 @@ def main():
     conv(os.path.join(work, 'hf_bf16'), leg, 'huggingface', 'mcore', gp.CONVERT_LOCAL, [])
 
     def forward(ckpt, out):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+        env = dict(os.environ) if dev == 'cuda' else dict(os.environ, CUDA_VISIBLE_DEVICES='')
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1',
                os.path.join(ROOT, 'tests', 'gpu', 'mcore_forward.py'), '--ckpt', ckpt, '--dims',
                os.path.join(work, 'dims.json'), '--inputs', os.path.join(work, 'ids.pt'), '--out', out]
@@ -62,7 +67,7 @@ def main():
     dt = float((res['mtp'][..., :V][:, :-1] - ref_mtp[:, :-1]).abs().max())
     missing = sorted({k for rk in res['ranks'] for k in rk['missing']})
     unexpected = sorted({k for rk in res['ranks'] for k in rk['unexpected']})
-    print('torch_dist -> Megatron-Core GPTModel (local spec, CPU): main logits max abs diff %.3g (|ref| max %.3g), '
+    print('torch_dist -> Megatron-Core GPTModel (local spec, ' + dev + '): main logits max abs diff %.3g (|ref| max %.3g), '
           'MTP %.3g; missing %d, unexpected %d %s' % (dm, float(ref_main.abs().max()), dt, len(missing), len(unexpected),
                                                      (missing + unexpected)[:6]))
     print('torch_dist logits bit-identical to the legacy checkpoint\'s: %s; within %g of transformers: %s' % (
