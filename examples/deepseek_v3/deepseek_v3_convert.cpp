@@ -23,6 +23,7 @@
 #include "ckbridge/convert/mcore_layout.hpp"
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
+#include "ckbridge/convert/torch_dist_in.hpp"
 #include "ckbridge/convert/torch_dist_out.hpp"
 #include "ckbridge/format/manifest.hpp"
 #include "ckbridge/core/proc_memory.hpp"
@@ -279,6 +280,13 @@ int main(int argc, char** argv) {
     }
 
     const fs::path out(f.save_ckpt_path);
+    struct Scratch {  // a torch_dist source's legacy copy, removed however the run ends
+      fs::path dir;
+      ~Scratch() {
+        std::error_code ec;
+        if (!dir.empty()) fs::remove_all(dir, ec);
+      }
+    } unpacked;
     convert::Plan plan;
     std::unique_ptr<safetensors::Checkpoint> hf;
     std::unique_ptr<convert::McoreCheckpoint> mcore;
@@ -286,7 +294,15 @@ int main(int argc, char** argv) {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
       plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
     } else {
-      const fs::path src(f.load_ckpt_path);
+      fs::path src(f.load_ckpt_path);
+      if (const auto td = convert::find_torch_dist_dir(src)) {  // torch_dist source: via a legacy tp1 copy
+        unpacked.dir = fs::path(out.string() + ".ckb-torch-dist-src");
+        fs::remove_all(unpacked.dir);
+        convert::unpack_torch_dist(*td, unpacked.dir);
+        std::fprintf(stderr, "note: %s is a torch_dist checkpoint; read through a single-rank legacy copy in %s "
+                     "(removed at the end)\n", td->string().c_str(), unpacked.dir.string().c_str());
+        src = unpacked.dir;
+      }
       // The source layout comes from the checkpoint itself (rank directory names, tensor names,
       // args in Megatron-LM's or LoongForge's naming). For MCore -> HF the layout flags may restate
       // it, but must not contradict it; for MCore -> MCore the flags describe the target.

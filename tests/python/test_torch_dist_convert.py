@@ -1,4 +1,4 @@
-"""HF -> Megatron-Core torch_dist with deepseek_v3_convert --ckpt_format torch_dist, checked without
+"""HF <-> Megatron-Core torch_dist with deepseek_v3_convert --ckpt_format torch_dist, checked without
 the converter's code:
   1. DeepSeek-V3 tiny (MLA, MoE, MTP; local-spec names): the data files are byte-identical (size +
      sha256) to the ones Megatron-Core 0.16.1 wrote when it saved the same model
@@ -9,6 +9,9 @@ the converter's code:
      checkpoint (itself checked against numpy by test_convert_deepseek / test_convert_llama3), with
      sequential experts stacked; every linear has its `_extra_state` object [None];
   3. legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
+     torch_dist -> HF: DeepSeek V3 and Llama 3 BF16 round trips byte-identical, and the checkpoint
+     Megatron-Core saved (its .metadata, empty common state) converts to the HF source's bytes;
+     legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 has the direct reshard's tensors;
   4. bad requests are refused before any output: parallel-layout flags, an FP8 source without
      --dequantize_fp8, --ckpt_format for HF output.
 The test Python's torch (1.13) has no torch.distributed.checkpoint: the DCP classes are stubbed.
@@ -191,6 +194,29 @@ def run_all(work):
         assert have == want, (have, want)
     H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist: the same bytes as Megatron-Core\'s save', from_legacy)
 
+    def to_ep4():
+        leg, td = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
+        direct, via = os.path.join(work, 'ep4_direct'), os.path.join(work, 'ep4_via_td')
+        for src, dst in ((leg, direct), (td, via)):
+            cmd = [H.CONVERT, '--load_platform', 'mcore', '--save_platform', 'mcore', '--config_file', DS_CFG,
+                   '--convert_file', DS_CONV, '--load_ckpt_path', src, '--save_ckpt_path', dst, '-q',
+                   '--expert_parallel_size', '4']
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+        files = sorted(os.path.relpath(os.path.join(d, f), direct) for d, _, fs in os.walk(direct) for f in fs
+                       if f == 'model_optim_rng.pt')
+        assert len(files) == 4, files
+        assert files == sorted(os.path.relpath(os.path.join(d, f), via) for d, _, fs in os.walk(via) for f in fs
+                               if f == 'model_optim_rng.pt')
+        for f in files:
+            a = torch.load(os.path.join(direct, f))['model']
+            b = torch.load(os.path.join(via, f))['model']
+            assert list(a) == list(b), f
+            for k in a:
+                assert (a[k] is None and b[k] is None) or torch.equal(a[k].view(-1).view(torch.uint8),
+                                                                      b[k].view(-1).view(torch.uint8)), (f, k)
+    H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 equals the direct reshard', to_ep4)
+
     def same_as_legacy(name, cfg, conv, src, model):
         td, leg = os.path.join(work, name + '_td2'), os.path.join(work, name + '_leg')
         convert(cfg, conv, src, td, ['--ckpt-format', 'torch_dist', '--max_workers', '3'], model)
@@ -225,6 +251,48 @@ def run_all(work):
         for k in want:
             assert torch.equal(got[k].view(-1).view(torch.uint8), want[k].contiguous().view(-1).view(torch.uint8)), k
     H.check('DeepSeek V3 HF FP8 -> torch_dist with --dequantize_fp8 equals the legacy dequantized output', fp8_dequantized)
+
+    def to_hf(src, dst, cfg, conv, model='deepseek_v3'):
+        cmd = [H.CONVERT, '--model', model, '--load_platform', 'mcore', '--save_platform', 'huggingface', '--config_file',
+               cfg, '--convert_file', conv, '--load_ckpt_path', src, '--save_ckpt_path', dst, '-q',
+               '--hf_max_shard_size', '4MB']
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not os.path.exists(dst + '.ckb-torch-dist-src'), 'scratch copy left behind'
+
+    def same_files(a, b):
+        names = sorted(f for f in os.listdir(a) if f.endswith('.safetensors') or f.endswith('.index.json'))
+        assert names, a
+        for f in names:
+            assert open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read(), f
+
+    def round_trip(name, cfg, conv, src, model):
+        td, back = os.path.join(work, name + '_rt_td'), os.path.join(work, name + '_rt_hf')
+        convert(cfg, conv, src, td, ['--ckpt_format', 'torch_dist'], model)
+        to_hf(td, back, cfg, conv, model)
+        same_files(src, back)
+    H.check('DeepSeek V3 BF16 HF -> torch_dist -> HF byte-identical', round_trip, 'ds', DS_CFG, DS_CONV, ds16, 'deepseek_v3')
+    H.check('Llama 3 BF16 HF -> torch_dist -> HF byte-identical', round_trip, 'll', LL_CFG, LL_CONV, ll16, 'llama3')
+
+    def megatron_saved_to_hf():
+        # Megatron-Core's own save of this model: its .metadata / metadata.json (fixture), its data
+        # files (byte-identical to ckbridge's, checked above), an empty common state as its
+        # dist_checkpointing.save of model.sharded_state_dict() writes (fixture gpt_tiny/common.pt)
+        td = os.path.join(work, 'ds_td')
+        meg = os.path.join(work, 'meg_saved')
+        os.makedirs(os.path.join(meg, 'release'))
+        for f in os.listdir(os.path.join(td, 'release')):
+            if f.endswith('.distcp'):
+                os.link(os.path.join(td, 'release', f), os.path.join(meg, 'release', f))
+        for f, d in (('.metadata', 'ds_tiny_megatron'), ('metadata.json', 'ds_tiny_megatron'), ('common.pt', 'gpt_tiny')):
+            with open(os.path.join(DATA, d, f), 'rb') as i, open(os.path.join(meg, 'release', f), 'wb') as o:
+                o.write(i.read())
+        with open(os.path.join(meg, 'latest_checkpointed_iteration.txt'), 'w') as o:
+            o.write('release')
+        back = os.path.join(work, 'meg_hf')
+        to_hf(meg, back, DS_CFG, DS_CONV)
+        same_files(ds16, back)
+    H.check('Megatron-Core-saved torch_dist of DeepSeek V3 -> HF byte-identical to the HF source', megatron_saved_to_hf)
 
     def refusals():
         for flags, needle, src in (
