@@ -4,7 +4,10 @@
 // torch_dist_keys.hpp: stacked experts back to `local_experts.<e>`, `_extra_state` objects to None
 // entries), which the legacy readers then convert. It costs one extra write of the model; reading
 // the torch_dist chunks directly in the planners is left for later (docs/torch-dist-format.md §8).
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <map>
 #include <optional>
 #include <regex>
