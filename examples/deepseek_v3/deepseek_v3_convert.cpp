@@ -25,6 +25,8 @@
 #include "ckbridge/convert/mcore_layout.hpp"
 #include "ckbridge/convert/mcore_to_hf.hpp"
 #include "ckbridge/convert/mcore_writer.hpp"
+#include "ckbridge/convert/torch_dist_in.hpp"
+#include "ckbridge/convert/torch_dist_out.hpp"
 #include "ckbridge/format/manifest.hpp"
 #include "ckbridge/core/proc_memory.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
@@ -52,6 +54,7 @@ struct Flags {
   std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
   std::string megatron_path, hf_config_file;
   std::string model = "deepseek_v3";
+  std::string ckpt_format = "torch";
 };
 
 std::uint64_t parse_size(const std::string& s, const char* flag) { return convert::parse_byte_size(s, flag); }
@@ -184,6 +187,9 @@ int main(int argc, char** argv) {
   app.add_option("--te_version", f.te_version, "TransformerEngine version whose FP8 pickle form to write (2.3 ... 2.17+)");
   app.add_flag("--dequantize_fp8", f.dequantize_fp8, "write FP8 weights of the source as --torch_dtype instead");
   app.add_option("--hf_max_shard_size", f.hf_max_shard_size, "HF output shard size (e.g. 5GB)");
+  app.add_option("--ckpt_format,--ckpt-format", f.ckpt_format,
+                 "MCore output format: torch (legacy, per rank) or torch_dist (distributed checkpoint; "
+                 "no parallel layout)")->check(CLI::IsMember({"torch", "torch_dist"}));
   app.add_flag("-q,--quiet", f.quiet, "no progress output");
   app.add_flag("--distributed_convert", f.distributed,
                "share the output files among the processes of the MPI job this runs in (mpirun, srun); the output "
@@ -232,7 +238,7 @@ int main(int argc, char** argv) {
     if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
     convert::ModelShape shape =
         examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
-    if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore")
+    if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore" && f.ckpt_format == "torch")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
     convert::ConvertOptions o;
@@ -279,8 +285,28 @@ int main(int argc, char** argv) {
     o.hf_max_shard_bytes = parse_size(f.hf_max_shard_size, "--hf_max_shard_size");
     o.max_workers = f.max_workers;
     const format::TeVersion te = parse_te(f.te_version);
+    const bool torch_dist_out = f.save_platform == "mcore" && f.ckpt_format == "torch_dist";
+    if (f.ckpt_format != "torch" && f.save_platform != "mcore") fail("--ckpt_format applies to MCore output only");
+    if (torch_dist_out) {  // layout-free: planned as one rank, re-keyed by convert/torch_dist_out.hpp
+      for (const char* flag : {"--tensor_model_parallel_size", "--pipeline_model_parallel_size", "--expert_parallel_size",
+                               "--expert_tensor_parallel_size", "--num-virtual-stages-per-pipeline-rank",
+                               "--custom_pipeline_layers", "--pipeline_model_parallel_layout", "--moe-grouped-gemm"})
+        if (app.count(flag)) fail(flag, " with --ckpt_format torch_dist: a torch_dist checkpoint has no parallel layout "
+                                  "(Megatron-Core reshards it when loading); drop the flag");
+      o.tp = 1;
+      o.ep = 1;
+      o.etp.reset();
+      o.pipeline = convert::PipelineOptions{};
+    }
 
     const fs::path out(f.save_ckpt_path);
+    struct Scratch {  // a torch_dist source's legacy copy, removed however the run ends
+      fs::path dir;
+      ~Scratch() {
+        std::error_code ec;
+        if (!dir.empty()) fs::remove_all(dir, ec);
+      }
+    } unpacked;
     convert::Plan plan;
     std::unique_ptr<safetensors::Checkpoint> hf;
     std::unique_ptr<convert::McoreCheckpoint> mcore;
@@ -288,7 +314,15 @@ int main(int argc, char** argv) {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
       plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
     } else {
-      const fs::path src(f.load_ckpt_path);
+      fs::path src(f.load_ckpt_path);
+      if (const auto td = convert::find_torch_dist_dir(src)) {  // torch_dist source: via a legacy tp1 copy
+        unpacked.dir = fs::path(out.string() + ".ckb-torch-dist-src");
+        fs::remove_all(unpacked.dir);
+        convert::unpack_torch_dist(*td, unpacked.dir);
+        std::fprintf(stderr, "note: %s is a torch_dist checkpoint; read through a single-rank legacy copy in %s "
+                     "(removed at the end)\n", td->string().c_str(), unpacked.dir.string().c_str());
+        src = unpacked.dir;
+      }
       // The source layout comes from the checkpoint itself (rank directory names, tensor names,
       // args in Megatron-LM's or LoongForge's naming). For MCore -> HF the layout flags may restate
       // it, but must not contradict it; for MCore -> MCore the flags describe the target.
@@ -356,6 +390,19 @@ int main(int argc, char** argv) {
         print_memory("after planning");
       }
       job->check();
+      return 0;
+    }
+    if (torch_dist_out) {
+      const auto t0 = std::chrono::steady_clock::now();
+      convert::TorchDistOutOptions to;
+      to.num_experts = shape.num_experts;
+      to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
+      to.files = static_cast<unsigned>(std::max(2, f.max_workers));
+      const auto rep = convert::write_torch_dist(plan, out, to);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("done: torch_dist, %zu entries in %zu data files, %.3f GB in %.2f s -> %s\n",
+                  rep.metadata.entries.size(), rep.files.size(), double(rep.bytes) / 1e9, sec, out.string().c_str());
+      print_memory("at the end");
       return 0;
     }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).

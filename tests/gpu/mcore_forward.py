@@ -127,18 +127,39 @@ def main():
         spec.submodules.self_attention.submodules.core_attention = attn_cls
     mtp_spec = get_gpt_mtp_block_spec(config, block_spec.layer_specs[-1], use_transformer_engine=False)
 
-    path = rank_file(a.ckpt, a.tp, a.ep, tp_rank, ep_rank)
-    sd = torch.load(path, map_location='cpu', weights_only=False)['model']
-    vp = sd['embedding.word_embeddings.weight'].shape[0] * a.tp
+    torch_dist = os.path.exists(os.path.join(a.ckpt, 'release', 'metadata.json'))
+    if torch_dist:  # distributed checkpoint: layout-free, loaded through Megatron-Core's own loader
+        path = os.path.join(a.ckpt, 'release')
+        import torch.distributed.checkpoint as dcp
+        vp = dcp.FileSystemReader(path).read_metadata().state_dict_metadata['embedding.word_embeddings.weight'].size[0]
+    else:
+        path = rank_file(a.ckpt, a.tp, a.ep, tp_rank, ep_rank)
+        sd = torch.load(path, map_location='cpu', weights_only=False)['model']
+        vp = sd['embedding.word_embeddings.weight'].shape[0] * a.tp
     ids = torch.load(a.inputs)
     b, s = ids.shape
     model = GPTModel(config, transformer_layer_spec=block_spec, vocab_size=vp, max_sequence_length=s,
                      pre_process=True, post_process=True, parallel_output=False,
                      share_embeddings_and_output_weights=False, position_embedding_type='rope',
                      mtp_block_spec=mtp_spec).to(dev)
-    # fp32 model: cast the BF16 checkpoint up (exact); expert_bias is already fp32; _extra_state stays.
-    sd = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in sd.items()}
-    res = model.load_state_dict(sd, strict=False)
+    if torch_dist:
+        from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing.dict_utils import nested_values
+        from megatron.core.dist_checkpointing.mapping import ShardedObject
+        if dev == 'cpu':
+            torch.cuda.synchronize = lambda *a, **k: None
+        ssd = model.sharded_state_dict()
+        want = {(v.unique_key if isinstance(v, ShardedObject) else v.key) for v in nested_values(ssd)}
+        have = set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+        sd = dist_checkpointing.load(ssd, path)  # bf16 checkpoint into the fp32 model's tensors
+        for k in torch.load(os.path.join(path, 'common.pt'), weights_only=False):  # merged common.pt state
+            sd.pop(k, None)
+        res = model.load_state_dict(sd, strict=False)
+        res = type(res)(sorted(set(res.missing_keys) | (want - have)), sorted(set(res.unexpected_keys) | (have - want)))
+    else:
+        # fp32 model: cast the BF16 checkpoint up (exact); expert_bias is already fp32; _extra_state stays.
+        sd = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in sd.items()}
+        res = model.load_state_dict(sd, strict=False)
     model.eval()
 
     # output_layer runs twice: first on the MTP hidden states, then on the main ones. Clone: the

@@ -1,0 +1,311 @@
+"""HF <-> Megatron-Core torch_dist with deepseek_v3_convert --ckpt_format torch_dist, checked without
+the converter's code:
+  1. DeepSeek-V3 tiny (MLA, MoE, MTP; local-spec names): the data files are byte-identical (size +
+     sha256) to the ones Megatron-Core 0.16.1 wrote when it saved the same model
+     (tests/data/torch_dist/ds_tiny_megatron, see tests/tools/make_torch_dist_fixtures.py), metadata.json
+     is identical and `.metadata` holds the same keys, chunks and storage ranges as Megatron-Core's;
+  2. DeepSeek-V3 tiny and Llama 3 tiny: every tensor, read here with a stub unpickler for `.metadata`
+     and torch.load for each stored item, equals the legacy (torch format, tp1) output of the same HF
+     checkpoint (itself checked against numpy by test_convert_deepseek / test_convert_llama3), with
+     sequential experts stacked; every linear has its `_extra_state` object [None];
+  3. legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
+     torch_dist -> HF: DeepSeek V3 and Llama 3 BF16 round trips byte-identical, and the checkpoint
+     Megatron-Core saved (its .metadata, empty common state) converts to the HF source's bytes;
+     legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 has the direct reshard's tensors;
+  4. bad requests are refused before any output: parallel-layout flags, an FP8 source without
+     --dequantize_fp8, --ckpt_format for HF output.
+The test Python's torch (1.13) has no torch.distributed.checkpoint: the DCP classes are stubbed.
+"""
+import hashlib
+import io
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckb_harness as H  # noqa: E402
+
+DATA = os.path.join(H.SRC, 'tests', 'data', 'torch_dist')
+DS_CFG = H.CFG
+DS_CONV = os.path.join(H.SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert_local.yaml')
+LL_CFG = os.path.join(H.SRC, 'configs', 'llama3', 'llama3_tiny.yaml')
+LL_CONV = os.path.join(H.SRC, 'configs', 'llama3', 'ckpt_convert', 'llama3_convert.yaml')
+
+
+class _Obj:
+    """Stands in for any DCP dataclass or enum: keeps the BUILD state / call arguments."""
+
+    def __init__(self, *args):
+        self.__dict__['args'] = args
+
+    def __setstate__(self, st):
+        if isinstance(st, dict):
+            self.__dict__.update(st)
+        else:
+            self.__dict__['state'] = st
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module.startswith('torch.distributed.checkpoint'):
+            if name == '_MEM_FORMAT_ENCODING':
+                return lambda v: ('mem_format', v)
+            return type(name, (_Obj,), {})
+        if module == 'torch' and name == 'Size':
+            return tuple
+        if module == 'torch':
+            return 'torch.' + name  # dtypes (1.13 has no float8 dtypes)
+        if module == 'torch.serialization' and name == '_get_layout':
+            return lambda s: s
+        raise pickle.UnpicklingError('unexpected global %s.%s' % (module, name))
+
+
+def read_metadata(path):
+    with open(path, 'rb') as f:
+        return _Unpickler(f).load()
+
+
+def summary(md):
+    """{key: ('bytes',) | (dtype, size, strides, [chunk offsets/sizes])} and {(key, offset): (file, off, len)}."""
+    sdm = {}
+    for k, v in md.state_dict_metadata.items():
+        if type(v).__name__ == 'BytesStorageMetadata':
+            sdm[k] = ('bytes',)
+        else:
+            p = v.properties.state
+            sdm[k] = (p[0], tuple(v.size), p[5] if len(p) > 5 else None,
+                      [(tuple(c.offsets), tuple(c.sizes)) for c in v.chunks])
+    st = {}
+    for k, v in md.storage_data.items():
+        off = getattr(k, 'offset', None)
+        st[(k.fqn, None if off is None else tuple(off))] = (v.relative_path, v.offset, v.length)
+    return sdm, st
+
+
+def read_tensors(ckpt):
+    """Every tensor of a torch_dist directory, assembled from its chunks; the bytes objects."""
+    md = read_metadata(os.path.join(ckpt, '.metadata'))
+    sdm, st = summary(md)
+    blobs = {}
+
+    def item(fqn, off):
+        fn, o, n = st[(fqn, off)]
+        if fn not in blobs:
+            blobs[fn] = open(os.path.join(ckpt, fn), 'rb').read()
+        return torch.load(io.BytesIO(blobs[fn][o:o + n]))
+
+    out, objs = {}, {}
+    for k, v in sdm.items():
+        if v == ('bytes',):
+            objs[k] = item(k, None)
+            continue
+        t = None
+        for off, size in v[3]:
+            c = item(k, off)
+            assert tuple(c.shape) == size, (k, off, c.shape, size)
+            if t is None:
+                t = torch.empty(v[1], dtype=c.dtype)
+            t[tuple(slice(o, o + s) for o, s in zip(off, size))] = c
+        out[k] = t
+    return out, objs, sdm
+
+
+def convert(cfg, conv, src, dst, flags, model='deepseek_v3', expect_ok=True):
+    cmd = [H.CONVERT, '--model', model, '--load_platform', 'huggingface', '--save_platform', 'mcore', '--config_file', cfg,
+           '--convert_file', conv, '--load_ckpt_path', src, '--save_ckpt_path', dst, '--safetensors', '-q'] + flags
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if expect_ok and r.returncode != 0:
+        raise AssertionError('%s failed:\n%s%s' % (' '.join(cmd), r.stdout, r.stderr))
+    if not expect_ok and r.returncode == 0:
+        raise AssertionError('%s succeeded, expected a refusal' % ' '.join(cmd))
+    return r.stdout + r.stderr
+
+
+def expected_from_legacy(leg_dir):
+    """The legacy tp1 model dict with sequential experts stacked the torch_dist way."""
+    sd = torch.load(os.path.join(leg_dir, 'release', 'mp_rank_00', 'model_optim_rng.pt'))['model']
+    out, per = {}, {}
+    for k, v in sd.items():
+        if v is None:
+            continue
+        m = re.fullmatch(r'(.*)\.local_experts\.(\d+)\.(.*)', k)
+        if m:
+            per.setdefault('%s.experts.%s' % (m.group(1), m.group(3)), {})[int(m.group(2))] = v
+        else:
+            out[k] = v
+    for k, d in per.items():
+        out[k] = torch.stack([d[e] for e in sorted(d)])
+    return out
+
+
+def run_all(work):
+    ds16 = os.path.join(work, 'ds_bf16')
+    ll16 = os.path.join(work, 'll_bf16')
+    ds8 = os.path.join(work, 'ds_fp8')
+
+    def gen():
+        subprocess.run([H.MAKE_TINY, '--config_file', DS_CFG, '--convert_file', DS_CONV, '--out', ds16, '--dtype', 'bf16'],
+                       check=True, capture_output=True)
+        subprocess.run([H.MAKE_TINY, '--config_file', DS_CFG, '--convert_file', DS_CONV, '--out', ds8, '--dtype', 'fp8'],
+                       check=True, capture_output=True)
+        subprocess.run([H.MAKE_TINY, '--model', 'llama3', '--config_file', LL_CFG, '--convert_file', LL_CONV, '--out', ll16,
+                        '--dtype', 'bf16'], check=True, capture_output=True)
+    H.check('generate tiny HF checkpoints (DeepSeek V3 BF16 + FP8, Llama 3 BF16)', gen)
+    if H.FAILED:
+        return
+
+    def megatron_bytes():
+        dst = os.path.join(work, 'ds_td')
+        convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist'])
+        rel = os.path.join(dst, 'release')
+        ref = os.path.join(DATA, 'ds_tiny_megatron')
+        assert open(os.path.join(dst, 'latest_checkpointed_iteration.txt')).read() == 'release'
+        assert open(os.path.join(rel, 'metadata.json'), 'rb').read() == open(os.path.join(ref, 'metadata.json'), 'rb').read()
+        want = {}
+        for line in open(os.path.join(ref, 'data_files.sha256')):
+            h, n, f = line.split()
+            want[f] = (h, int(n))
+        have = {f: (hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest(), os.path.getsize(os.path.join(rel, f)))
+                for f in os.listdir(rel) if f.endswith('.distcp')}
+        assert have == want, 'data files differ from Megatron-Core\'s: %s vs %s' % (have, want)
+        a, b = summary(read_metadata(os.path.join(rel, '.metadata'))), summary(read_metadata(os.path.join(ref, '.metadata')))
+        assert list(a[0]) == list(b[0]), 'key order differs'
+        assert a[0] == b[0], [k for k in a[0] if a[0][k] != b[0].get(k)][:5]
+        assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
+    H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata', megatron_bytes)
+
+    def from_legacy():
+        leg, dst = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
+        convert(DS_CFG, DS_CONV, ds16, leg, ['--tensor_model_parallel_size', '2', '--pipeline_model_parallel_size', '2',
+                                             '--expert_parallel_size', '2'])
+        cmd = [H.CONVERT, '--load_platform', 'mcore', '--save_platform', 'mcore', '--config_file', DS_CFG, '--convert_file',
+               DS_CONV, '--load_ckpt_path', leg, '--save_ckpt_path', dst, '-q', '--ckpt_format', 'torch_dist']
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ref = os.path.join(DATA, 'ds_tiny_megatron')
+        want = {line.split()[2]: line.split()[0] for line in open(os.path.join(ref, 'data_files.sha256'))}
+        rel = os.path.join(dst, 'release')
+        have = {f: hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest() for f in os.listdir(rel)
+                if f.endswith('.distcp')}
+        assert have == want, (have, want)
+    H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist: the same bytes as Megatron-Core\'s save', from_legacy)
+
+    def to_ep4():
+        leg, td = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
+        direct, via = os.path.join(work, 'ep4_direct'), os.path.join(work, 'ep4_via_td')
+        for src, dst in ((leg, direct), (td, via)):
+            cmd = [H.CONVERT, '--load_platform', 'mcore', '--save_platform', 'mcore', '--config_file', DS_CFG,
+                   '--convert_file', DS_CONV, '--load_ckpt_path', src, '--save_ckpt_path', dst, '-q',
+                   '--expert_parallel_size', '4']
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+        files = sorted(os.path.relpath(os.path.join(d, f), direct) for d, _, fs in os.walk(direct) for f in fs
+                       if f == 'model_optim_rng.pt')
+        assert len(files) == 4, files
+        assert files == sorted(os.path.relpath(os.path.join(d, f), via) for d, _, fs in os.walk(via) for f in fs
+                               if f == 'model_optim_rng.pt')
+        for f in files:
+            a = torch.load(os.path.join(direct, f))['model']
+            b = torch.load(os.path.join(via, f))['model']
+            assert list(a) == list(b), f
+            for k in a:
+                assert (a[k] is None and b[k] is None) or torch.equal(a[k].view(-1).view(torch.uint8),
+                                                                      b[k].view(-1).view(torch.uint8)), (f, k)
+    H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 equals the direct reshard', to_ep4)
+
+    def same_as_legacy(name, cfg, conv, src, model):
+        td, leg = os.path.join(work, name + '_td2'), os.path.join(work, name + '_leg')
+        convert(cfg, conv, src, td, ['--ckpt-format', 'torch_dist', '--max_workers', '3'], model)
+        convert(cfg, conv, src, leg, [], model)
+        got, objs, sdm = read_tensors(os.path.join(td, 'release'))
+        want = expected_from_legacy(leg)
+        assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)))[:8]
+        for k in want:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
+            assert torch.equal(got[k].view(-1).view(torch.uint8), want[k].contiguous().view(-1).view(torch.uint8)), k
+        linears = [k[:-len('.weight')] for k in got if re.search(r'\.(linear_\w+|eh_proj)\.weight$', k)]
+        assert linears
+        for m in linears:
+            n = got[m + '.weight'].shape[0] if '.experts.experts.' in m else 1
+            for e in range(n):
+                key = '%s._extra_state/shard_%d_%d' % (m, e, n)
+                assert objs.get(key) == [None], (key, objs.get(key))
+        assert len(objs) == sum(got[m + '.weight'].shape[0] if '.experts.experts.' in m else 1 for m in linears)
+        assert len(sorted(f for f in os.listdir(os.path.join(td, 'release')) if f.endswith('.distcp'))) == 3
+    H.check('DeepSeek V3 HF -> torch_dist (3 data files): every tensor equals the legacy tp1 output, experts stacked',
+            same_as_legacy, 'ds', DS_CFG, DS_CONV, ds16, 'deepseek_v3')
+    H.check('Llama 3 HF -> torch_dist: every tensor equals the legacy tp1 output',
+            same_as_legacy, 'll', LL_CFG, LL_CONV, ll16, 'llama3')
+
+    def fp8_dequantized():
+        td, leg = os.path.join(work, 'ds8_td'), os.path.join(work, 'ds8_leg')
+        convert(DS_CFG, DS_CONV, ds8, td, ['--ckpt_format', 'torch_dist', '--dequantize_fp8'])
+        convert(DS_CFG, DS_CONV, ds8, leg, ['--dequantize_fp8'])
+        got, _, _ = read_tensors(os.path.join(td, 'release'))
+        want = expected_from_legacy(leg)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert torch.equal(got[k].view(-1).view(torch.uint8), want[k].contiguous().view(-1).view(torch.uint8)), k
+    H.check('DeepSeek V3 HF FP8 -> torch_dist with --dequantize_fp8 equals the legacy dequantized output', fp8_dequantized)
+
+    def to_hf(src, dst, cfg, conv, model='deepseek_v3'):
+        cmd = [H.CONVERT, '--model', model, '--load_platform', 'mcore', '--save_platform', 'huggingface', '--config_file',
+               cfg, '--convert_file', conv, '--load_ckpt_path', src, '--save_ckpt_path', dst, '-q',
+               '--hf_max_shard_size', '4MB']
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not os.path.exists(dst + '.ckb-torch-dist-src'), 'scratch copy left behind'
+
+    def same_files(a, b):
+        names = sorted(f for f in os.listdir(a) if f.endswith('.safetensors') or f.endswith('.index.json'))
+        assert names, a
+        for f in names:
+            assert open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read(), f
+
+    def round_trip(name, cfg, conv, src, model):
+        td, back = os.path.join(work, name + '_rt_td'), os.path.join(work, name + '_rt_hf')
+        convert(cfg, conv, src, td, ['--ckpt_format', 'torch_dist'], model)
+        to_hf(td, back, cfg, conv, model)
+        same_files(src, back)
+    H.check('DeepSeek V3 BF16 HF -> torch_dist -> HF byte-identical', round_trip, 'ds', DS_CFG, DS_CONV, ds16, 'deepseek_v3')
+    H.check('Llama 3 BF16 HF -> torch_dist -> HF byte-identical', round_trip, 'll', LL_CFG, LL_CONV, ll16, 'llama3')
+
+    def megatron_saved_to_hf():
+        # Megatron-Core's own save of this model: its .metadata / metadata.json (fixture), its data
+        # files (byte-identical to ckbridge's, checked above), an empty common state as its
+        # dist_checkpointing.save of model.sharded_state_dict() writes (fixture gpt_tiny/common.pt)
+        td = os.path.join(work, 'ds_td')
+        meg = os.path.join(work, 'meg_saved')
+        os.makedirs(os.path.join(meg, 'release'))
+        for f in os.listdir(os.path.join(td, 'release')):
+            if f.endswith('.distcp'):
+                os.link(os.path.join(td, 'release', f), os.path.join(meg, 'release', f))
+        for f, d in (('.metadata', 'ds_tiny_megatron'), ('metadata.json', 'ds_tiny_megatron'), ('common.pt', 'gpt_tiny')):
+            with open(os.path.join(DATA, d, f), 'rb') as i, open(os.path.join(meg, 'release', f), 'wb') as o:
+                o.write(i.read())
+        with open(os.path.join(meg, 'latest_checkpointed_iteration.txt'), 'w') as o:
+            o.write('release')
+        back = os.path.join(work, 'meg_hf')
+        to_hf(meg, back, DS_CFG, DS_CONV)
+        same_files(ds16, back)
+    H.check('Megatron-Core-saved torch_dist of DeepSeek V3 -> HF byte-identical to the HF source', megatron_saved_to_hf)
+
+    def refusals():
+        for flags, needle, src in (
+                (['--ckpt_format', 'torch_dist', '--tensor_model_parallel_size', '2'], '--tensor_model_parallel_size', ds16),
+                (['--ckpt_format', 'torch_dist', '--expert_parallel_size', '2'], '--expert_parallel_size', ds16),
+                (['--ckpt_format', 'torch_dist'], '--dequantize_fp8', ds8),
+                (['--ckpt_format', 'zarr'], 'ckpt_format', ds16)):
+            dst = os.path.join(work, 'refused')
+            out = convert(DS_CFG, DS_CONV, src, dst, flags, expect_ok=False)
+            assert needle in out, (flags, out)
+            assert not os.path.exists(os.path.join(dst, 'release', 'metadata.json')), flags
+    H.check('refused: layout flags, FP8 without --dequantize_fp8, unknown format', refusals)
+
+
+if __name__ == '__main__':
+    sys.exit(H.main(run_all, [H.CONVERT, H.MAKE_TINY], 'ckb_td_'))
