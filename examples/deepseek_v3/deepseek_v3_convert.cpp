@@ -209,8 +209,8 @@ int main(int argc, char** argv) {
       mc.origin["vocab_size"] = "--vocab_size";
     }
     if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
-    convert::ModelShape shape =
-        examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
+    const model::ModelSpec& spec = examples::model_spec(f.model);
+    convert::ModelShape shape = convert::model_shape_of(spec, mc);
     if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<convert::McoreCheckpoint> mcore;
     if (f.load_platform == "huggingface") {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
-      plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
+      plan = convert::plan_hf_to_mcore(spec, *hf, nm, shape, o);
     } else {
       const fs::path src(f.load_ckpt_path);
       // The source layout comes from the checkpoint itself (rank directory names, tensor names,
@@ -315,8 +315,8 @@ int main(int argc, char** argv) {
         if (f.etp && !so.etp) so.etp = f.etp;
       }
       mcore = std::make_unique<convert::McoreCheckpoint>(src, have.second_index_is_ep);
-      if (f.save_platform == "huggingface") plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_hf<M>(*mcore, nm, shape, mc, so); });
-      else plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_mcore<M>(*mcore, nm, shape, so, o); });
+      if (f.save_platform == "huggingface") plan = convert::plan_mcore_to_hf(spec, *mcore, nm, shape, mc, so);
+      else plan = convert::plan_mcore_to_mcore(spec, *mcore, nm, shape, so, o);
     }
     print_plan(plan, o.max_workers);
     for (const auto& n : plan.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
