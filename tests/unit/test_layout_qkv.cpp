@@ -170,13 +170,14 @@ BOOST_AUTO_TEST_CASE(refusals_name_tensor_shape_and_size) {
 BOOST_AUTO_TEST_CASE(composed_and_type_erased) {
   const GroupedQkv p{6, 2, 4};
   const Shape full{40, 8};
-  const ShardMap regrouped = QkvRegroup{6, 2, 4}.shard_map("qkv", full, 0, 1);
+  const ShardMap regrouped = QkvRegroup{6, 2, 4}.shard_map("qkv", full, 0, 1);  // the permutation alone
   BOOST_TEST(regrouped.pieces.size() == 6u);
   for (int r = 0; r < 2; ++r) {
     const ShardMap by_hand = compose("qkv", regrouped, SplitDim{0}.shard_map("qkv", regrouped.shard_shape, r, 2));
     BOOST_TEST((p.shard_map("qkv", full, r, 2).pieces == by_hand.pieces));
   }
-  BOOST_TEST(QkvRegroup{6, 2, 4}.why_not("qkv", full, 2).value_or("").find("does not split") != std::string::npos);
+  const QkvRegroup regroup{6, 2, 4};
+  BOOST_TEST(regroup.why_not("qkv", full, 2).value_or("").find("does not split") != std::string::npos);
   const AnyPolicy any = p;
   for (int n : {1, 2}) {
     BOOST_TEST(!any.why_not("qkv", full, n).has_value());
@@ -196,7 +197,8 @@ BOOST_AUTO_TEST_CASE(composed_and_type_erased) {
     }
   }
   BOOST_TEST(vp.shard_map("emb", emb, 0, 1).shard_shape[0] == 304);  // padded even at size 1
-  BOOST_TEST(vp.why_not("emb", Shape{299, 4}, 2).value_or("").find("vocab size is 300") != std::string::npos);
+  const Shape short_emb{299, 4};
+  BOOST_TEST(vp.why_not("emb", short_emb, 2).value_or("").find("vocab size is 300") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -2,10 +2,12 @@
 // AnyPolicy: a layout policy with its type erased, so that a run-time table of parameter kinds
 // (model::ModelSpec) can hold each kind's layout. It is itself a Policy; the composed types
 // (Then<VocabPad, SplitDim>, GroupedQkv, ...) stay concrete inside it.
+#include <concepts>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "ckbridge/layout/policy.hpp"

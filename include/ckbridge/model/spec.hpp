@@ -3,11 +3,13 @@
 // turned once into plain run-time data, so the planners are ordinary functions. spec_of<Policy>()
 // checks at compile time that every kind has a layout and a shape rule and that the family
 // brings its own MCore args and HF config.json writer (nothing is inherited from another family).
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
