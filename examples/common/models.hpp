@@ -7,6 +7,7 @@
 #include "ckbridge/core/error.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/llama3.hpp"
+#include "ckbridge/model/qwen3.hpp"
 #include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::examples {
@@ -14,7 +15,7 @@ namespace ckbridge::examples {
 // Every known model's spec, in --model order.
 inline const std::vector<const model::ModelSpec*>& model_specs() {
   static const std::vector<const model::ModelSpec*> all{&model::spec<model::DeepSeekV3>(),
-                                                         &model::spec<model::Llama3>()};
+                                                         &model::spec<model::Llama3>(), &model::spec<model::Qwen3>()};
   return all;
 }
 

@@ -52,6 +52,7 @@
 #include "ckbridge/config/yaml_loader.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/llama3.hpp"
+#include "ckbridge/model/qwen3.hpp"
 #include "ckbridge/model/common.hpp"
 #include "ckbridge/model/param.hpp"
 #include "ckbridge/model/spec.hpp"
