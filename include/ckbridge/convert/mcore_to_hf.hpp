@@ -83,7 +83,6 @@ public:
     const PipelinePlan& pp = pp_;
     const McoreFileLayout& files = files_;
     const NameMap& nm = nm_;
-    const ModelShape& shape = shape_;
     McoreCheckpoint& ck = ck_;
     const bool expert = in.kind.where == model::Where::Expert;
     const int size = expert ? files.etp() : o.tp;
