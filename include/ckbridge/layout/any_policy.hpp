@@ -17,8 +17,10 @@ namespace ckbridge::layout {
 class AnyPolicy {
 public:
   AnyPolicy() = default;
-  template <Policy P>
-    requires(!std::same_as<std::remove_cvref_t<P>, AnyPolicy>)
+  // (the self test comes first: Policy<AnyPolicy> asks whether AnyPolicy is copy constructible,
+  // which must not recurse into this constructor)
+  template <class P>
+    requires(!std::same_as<std::remove_cvref_t<P>, AnyPolicy> && Policy<P>)
   AnyPolicy(P p) : impl_(std::make_shared<Model<P>>(std::move(p))) {}
 
   explicit operator bool() const { return impl_ != nullptr; }
