@@ -236,8 +236,8 @@ int main(int argc, char** argv) {
       mc.origin["vocab_size"] = "--vocab_size";
     }
     if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
-    convert::ModelShape shape =
-        examples::with_model(f.model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
+    const model::ModelSpec& spec = examples::model_spec(f.model);
+    convert::ModelShape shape = convert::model_shape_of(spec, mc);
     if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore" && f.ckpt_format == "torch")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
 
@@ -312,7 +312,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<convert::McoreCheckpoint> mcore;
     if (f.load_platform == "huggingface") {
       hf = std::make_unique<safetensors::Checkpoint>(f.load_ckpt_path);
-      plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_hf_to_mcore<M>(*hf, nm, shape, o); });
+      plan = convert::plan_hf_to_mcore(spec, *hf, nm, shape, o);
     } else {
       fs::path src(f.load_ckpt_path);
       if (const auto td = convert::find_torch_dist_dir(src)) {  // torch_dist source: via a legacy tp1 copy
@@ -370,8 +370,8 @@ int main(int argc, char** argv) {
         if (f.etp && !so.etp) so.etp = f.etp;
       }
       mcore = std::make_unique<convert::McoreCheckpoint>(src, have.second_index_is_ep);
-      if (f.save_platform == "huggingface") plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_hf<M>(*mcore, nm, shape, mc, so); });
-      else plan = examples::with_model(f.model, [&]<class M>() { return convert::plan_mcore_to_mcore<M>(*mcore, nm, shape, so, o); });
+      if (f.save_platform == "huggingface") plan = convert::plan_mcore_to_hf(spec, *mcore, nm, shape, mc, so);
+      else plan = convert::plan_mcore_to_mcore(spec, *mcore, nm, shape, so, o);
     }
     job->same_plan(plan);
     if (lead) print_plan(plan, o.max_workers);

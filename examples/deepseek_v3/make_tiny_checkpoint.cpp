@@ -92,11 +92,10 @@ int main(int argc, char** argv) {
     const auto cfg = config::load_loongforge_configs(config_file, convert_file);
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
     const config::ModelConfig mc = cfg.model;
-    const convert::ModelShape shape =
-        examples::with_model(model_name, [&]<class M>() { return convert::model_shape_of<M>(mc); });
+    const model::ModelSpec& spec = examples::model_spec(model_name);
+    const convert::ModelShape shape = convert::model_shape_of(spec, mc);
     const bool fp8 = dtype == "fp8";
-    const auto layout = examples::with_model(
-        model_name, [&]<class M>() { return convert::hf_layout<M>(nm, shape, {fp8, DType::BF16}); });
+    const auto layout = convert::hf_layout(spec, nm, shape, {fp8, DType::BF16});
 
     const std::filesystem::path dir(out);
     if (std::filesystem::exists(dir) && !std::filesystem::is_empty(dir))
@@ -147,8 +146,7 @@ int main(int argc, char** argv) {
     config::HfJsonOptions jo;
     jo.fp8_quantization_config = fp8;
     if (fp8 && pow2) jo.scale_fmt = "ue8m0";
-    const std::string json =
-        examples::with_model(model_name, [&]<class M>() { return convert::hf_config_json<M>(mc, jo); });
+    const std::string json = convert::hf_config_json(spec, mc, jo);
     AtomicFile::write_all(dir / "config.json", json + "\n");
     std::printf("wrote %s: %zu tensors, %zu files, %.1f MB (%s%s)\n", dir.string().c_str(), layout.size(),
                 files.shards.size(), double(bytes) / 1e6, dtype.c_str(), fp8 && pow2 ? ", pow2 scales" : "");

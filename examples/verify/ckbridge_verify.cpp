@@ -56,8 +56,7 @@ bool is_hf_dir(const fs::path& p) {
   return false;
 }
 
-template <class Model>
-void open_side(Side& s, const convert::NameMap& nm, const convert::ModelShape& shape, const config::ModelConfig& mc) {
+void open_side(const model::ModelSpec& spec, Side& s, const convert::NameMap& nm, const convert::ModelShape& shape, const config::ModelConfig& mc) {
   const fs::path p(s.path);
   if (!fs::is_directory(p)) fail(s.path, ": not a directory");
   if (is_hf_dir(p)) {
@@ -70,7 +69,7 @@ void open_side(Side& s, const convert::NameMap& nm, const convert::ModelShape& s
       p, convert::mcore_layout_hints(nm, shape.num_layers, mc.num_experts > 0 ? mc.moe_ffn_hidden_size : 0));
   const convert::ConvertOptions o = convert::source_options(l);
   s.mcore = std::make_unique<convert::McoreCheckpoint>(p, l.second_index_is_ep);
-  s.plan = convert::plan_mcore_to_hf<Model>(*s.mcore, nm, shape, mc, o);
+  s.plan = convert::plan_mcore_to_hf(spec, *s.mcore, nm, shape, mc, o);
   std::ostringstream k;
   k << "MCore legacy, TP " << l.tp << " PP " << l.pp << " EP " << l.ep;
   if (l.etp) k << " ETP " << *l.etp;
@@ -188,15 +187,13 @@ int main(int argc, char** argv) {
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
     config::ModelConfig mc = cfg.model;
     if (mtp_num_layers) mc.mtp_num_layers = *mtp_num_layers;
-    const convert::ModelShape shape =
-        examples::with_model(model, [&]<class M>() { return convert::model_shape_of<M>(mc); });
+    const model::ModelSpec& spec = examples::model_spec(model);
+    const convert::ModelShape shape = convert::model_shape_of(spec, mc);
     Side a, b;
     a.path = path_a;
     b.path = path_b;
-    examples::with_model(model, [&]<class M>() {
-      open_side<M>(a, nm, shape, mc);
-      open_side<M>(b, nm, shape, mc);
-    });
+    open_side(spec, a, nm, shape, mc);
+    open_side(spec, b, nm, shape, mc);
     convert::VerifyOptions vo;
     vo.tolerance = tolerance;
     vo.threads = threads;

@@ -23,6 +23,7 @@
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/config/yaml_loader.hpp"
 #include "ckbridge/core/error.hpp"
+#include "ckbridge/model/deepseek_v3.hpp"
 
 namespace {
 namespace cfg = ckbridge::config;
@@ -62,7 +63,7 @@ void consume(const YAML::Node& root) {
       const auto mc = cfg::model_config_from_yaml(*m, "fuzz.yaml");
       (void)mc.first_k_dense();
       for (std::int64_t l = 0; l < mc.num_layers + mc.mtp_num_layers && l < 64; ++l) (void)mc.is_moe_layer(l);
-      (void)cfg::to_hf_config_json(mc);
+      (void)ckbridge::model::DeepSeekV3::hf_config_json(mc, {});
     } catch (const ckbridge::Error&) {
     }
   }

@@ -16,6 +16,7 @@
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/config/yaml_loader.hpp"
 #include "ckbridge/core/error.hpp"
+#include "ckbridge/model/deepseek_v3.hpp"
 
 using namespace ckbridge;
 using namespace ckbridge::config;
@@ -365,13 +366,13 @@ BOOST_AUTO_TEST_CASE(our_dsv3_configs) {
   check_same_architecture(m, "deepseek_v3.yaml", hf, "config.json");
   BOOST_TEST(hf.moe_router_topk == m.moe_router_topk);
   BOOST_TEST(hf.rope_scaling->mscale_all_dim == 1.0);
-  const auto again = model_config_from_hf_json(to_hf_config_json(m, {"bfloat16", true, std::nullopt, "4.46.3"}), "written");
+  const auto again = model_config_from_hf_json(ckbridge::model::DeepSeekV3::hf_config_json(m, {"bfloat16", true, std::nullopt, "4.46.3"}), "written");
   check_same_architecture(hf, "config.json", again, "written");
   BOOST_TEST(again.moe_router_group_topk == 4);
   BOOST_TEST(again.moe_router_topk_scaling_factor == 2.5);
   BOOST_TEST(again.rope_scaling->factor == 40);
   BOOST_TEST(again.max_position_embeddings == 163840);
-  const std::string json = to_hf_config_json(m, {"bfloat16", true, std::string("ue8m0"), "4.46.3"});
+  const std::string json = ckbridge::model::DeepSeekV3::hf_config_json(m, {"bfloat16", true, std::string("ue8m0"), "4.46.3"});
   BOOST_TEST(json.find("\"scale_fmt\": \"ue8m0\"") != std::string::npos);
   BOOST_TEST(json.find("\"first_k_dense_replace\": 3") != std::string::npos);
   BOOST_TEST(json.find("\"n_shared_experts\": 1") != std::string::npos);
@@ -402,7 +403,7 @@ BOOST_AUTO_TEST_CASE(our_tiny_config) {
   BOOST_TEST(m.num_experts % 4 == 0);
   BOOST_TEST(m.num_attention_heads % 4 == 0);
   // A tiny HF config.json derived from it reads back identically.
-  const auto back = model_config_from_hf_json(to_hf_config_json(m), "tiny config.json");
+  const auto back = model_config_from_hf_json(ckbridge::model::DeepSeekV3::hf_config_json(m, {}), "tiny config.json");
   check_same_architecture(m, "tiny.yaml", back, "tiny config.json");
 }
 

@@ -11,8 +11,11 @@
 #include <vector>
 
 #include "ckbridge/core/tensor.hpp"
+#include "ckbridge/layout/any_policy.hpp"
 #include "ckbridge/layout/apply.hpp"
+#include "ckbridge/layout/compose.hpp"
 #include "ckbridge/layout/grouped_qkv.hpp"
+#include "ckbridge/layout/vocab_pad.hpp"
 
 using namespace ckbridge;
 using namespace ckbridge::layout;
@@ -159,6 +162,43 @@ BOOST_AUTO_TEST_CASE(refusals_name_tensor_shape_and_size) {
   mixed.emplace_back(DType::BF16, Shape{20, 8});
   mixed.emplace_back(DType::BF16, Shape{10, 8});
   BOOST_CHECK_THROW(merge(p, "qkv", mixed), Error);
+}
+
+// GroupedQkv is built as QkvRegroup then SplitDim{0} (layout::Then): its maps equal the two maps
+// composed by hand, the permutation alone refuses to split, and a type-erased AnyPolicy (what a
+// model spec stores) answers exactly as the policy it wraps.
+BOOST_AUTO_TEST_CASE(composed_and_type_erased) {
+  const GroupedQkv p{6, 2, 4};
+  const Shape full{40, 8};
+  const ShardMap regrouped = QkvRegroup{6, 2, 4}.shard_map("qkv", full, 0, 1);  // the permutation alone
+  BOOST_TEST(regrouped.pieces.size() == 6u);
+  for (int r = 0; r < 2; ++r) {
+    const ShardMap by_hand = compose("qkv", regrouped, SplitDim{0}.shard_map("qkv", regrouped.shard_shape, r, 2));
+    BOOST_TEST((p.shard_map("qkv", full, r, 2).pieces == by_hand.pieces));
+  }
+  const QkvRegroup regroup{6, 2, 4};
+  BOOST_TEST(regroup.why_not("qkv", full, 2).value_or("").find("does not split") != std::string::npos);
+  const AnyPolicy any = p;
+  for (int n : {1, 2}) {
+    BOOST_TEST(!any.why_not("qkv", full, n).has_value());
+    for (int r = 0; r < n; ++r) BOOST_TEST((any.shard_map("qkv", full, r, n).pieces == p.shard_map("qkv", full, r, n).pieces));
+  }
+  BOOST_TEST(any.why_not("qkv", full, 4).value_or("") == p.why_not("qkv", full, 4).value_or("-"));
+  BOOST_CHECK_THROW(AnyPolicy{}.why_not("qkv", full, 1), Error);
+  // VocabParallel: at every size n, vocab_parallel(V, div, n) = Then<VocabPad, SplitDim>
+  const VocabParallel vp{300, 8, 0};
+  const Shape emb{300, 4};
+  for (int n : {1, 2, 4}) {
+    const auto want = vocab_parallel(300, 8, n);
+    for (int r = 0; r < n; ++r) {
+      const ShardMap m = vp.shard_map("emb", emb, r, n);
+      BOOST_TEST(m.shard_shape == want.shard_map("emb", emb, r, n).shard_shape);
+      BOOST_TEST((m.pieces == want.shard_map("emb", emb, r, n).pieces));
+    }
+  }
+  BOOST_TEST(vp.shard_map("emb", emb, 0, 1).shard_shape[0] == 304);  // padded even at size 1
+  const Shape short_emb{299, 4};
+  BOOST_TEST(vp.why_not("emb", short_emb, 2).value_or("").find("vocab size is 300") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,5 +1,6 @@
 // The Llama 3 policy and the standard-attention config paths it needs: the repository's Llama
-// YAMLs load as GQA (not MLA), the policy's shapes and instances follow from the config alone,
+// YAMLs load as GQA (not MLA), the policy's kinds carry shapes and layouts that follow from the
+// config alone,
 // the HF layout splits [q; k; v] by heads and groups, the LlamaForCausalLM config.json reads back
 // to the same architecture, and configs that are not Llama 3 are refused with the key named.
 #include <boost/test/unit_test.hpp>
@@ -13,7 +14,7 @@
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/convert/from_config.hpp"
 #include "ckbridge/convert/hf_layout.hpp"
-#include "ckbridge/convert/tp_maps.hpp"
+#include "ckbridge/convert/kind_maps.hpp"
 #include "ckbridge/model/llama3.hpp"
 
 using namespace ckbridge;
@@ -69,17 +70,20 @@ BOOST_AUTO_TEST_CASE(tiny_yaml_is_gqa) {
 BOOST_AUTO_TEST_CASE(shapes_instances_and_hf_parts) {
   const auto cfg = tiny();
   const convert::NameMap nm = convert::name_map_from(cfg.convert);
-  const convert::ModelShape shape = convert::model_shape_of<model::Llama3>(cfg.model);
+  const model::ModelSpec& spec = model::spec<model::Llama3>();
+  const convert::ModelShape shape = convert::model_shape_of(spec, cfg.model);
   BOOST_TEST(shape.num_attention_heads == 6);
   BOOST_TEST(shape.num_query_groups == 2);
   BOOST_TEST(shape.head_dim == 128);
-  BOOST_TEST(shape.expected_shape("attention.query_key_value") == (Shape{(6 + 2 * 2) * 128, 384}));
-  BOOST_TEST(shape.expected_shape("attention.dense") == (Shape{384, 768}));
-  BOOST_TEST(shape.expected_shape("mlp.dense_h_to_4h") == (Shape{2048, 384}));
-  const auto inst = convert::enumerate_instances<model::Llama3>(shape);
+  BOOST_TEST(spec.param("attention.query_key_value").shape(shape.dims) == (Shape{(6 + 2 * 2) * 128, 384}));
+  BOOST_TEST(spec.param("attention.dense").shape(shape.dims) == (Shape{384, 768}));
+  BOOST_TEST(spec.param("mlp.dense_h_to_4h").shape(shape.dims) == (Shape{2048, 384}));
+  BOOST_TEST(spec.param("attention.query_key_value").part_rows(shape.dims, 3) ==
+             (std::vector<std::int64_t>{768, 256, 256}));
+  const auto inst = convert::enumerate_instances(spec, shape);
   BOOST_TEST(inst.size() == 3u + 6u * 4u);  // 3 globals + 6 kinds per layer
   // HF layout: q/k/v of unequal rows, at their offsets in the concatenation
-  const auto layout = convert::hf_layout<model::Llama3>(nm, shape, {true, DType::BF16});
+  const auto layout = convert::hf_layout(spec, nm, shape, {true, DType::BF16});
   int parts = 0;
   for (const auto& t : layout) {
     if (t.key == "model.layers.3.self_attn.q_proj.weight") {
@@ -112,24 +116,30 @@ BOOST_AUTO_TEST_CASE(shapes_instances_and_hf_parts) {
     if (c == "post_attention_layernorm") BOOST_TEST(k == "decoder.layers.1.mlp.linear_fc1.layer_norm_weight");
     if (c == "attention.query_key_value") BOOST_TEST(k == "decoder.layers.1.self_attention.linear_qkv.weight");
   }
-  // TP maps: one group per rank at TP 2, refused at TP 4
-  const convert::TpSettings tps = convert::tp_settings(shape, convert::ConvertOptions{});
-  const auto maps = convert::tp_maps(model::TpRule::GroupedQkv, false, "qkv", {1280, 384}, 2, tps);
+  // TP maps of the kind's own layout: one group per rank at TP 2, refused at TP 4
+  const model::ParamKind& qkv = spec.param("attention.query_key_value");
+  const model::Dims dims = convert::run_dims(shape, convert::ConvertOptions{});
+  const auto maps = convert::kind_maps(qkv, dims, false, "qkv", {1280, 384}, 2);
   BOOST_TEST(maps.size() == 2u);
   BOOST_TEST(maps[1].shard_shape == (Shape{640, 384}));
   BOOST_TEST(maps[1].pieces.front().src.begin[0] == 384);  // group 1's first query head (head 3)
-  expect_error([&] { convert::tp_maps(model::TpRule::GroupedQkv, false, "qkv", {1280, 384}, 4, tps); },
+  expect_error([&] { convert::kind_maps(qkv, dims, false, "qkv", {1280, 384}, 4); },
                {"'qkv'", "parallel size 4", "query groups"});
   // replicated (ignore_tp): every rank gets the TP-1 order
-  const auto rep = convert::tp_maps(model::TpRule::GroupedQkv, true, "qkv", {1280, 384}, 2, tps);
+  const auto rep = convert::kind_maps(qkv, dims, true, "qkv", {1280, 384}, 2);
   BOOST_TEST(rep[1].shard_shape == (Shape{1280, 384}));
+  BOOST_TEST(rep[1].pieces.size() == 6u);  // [q_g; k_g; v_g] for both groups
+  // the vocabulary: padded (then split) even when TP is 1
+  const auto emb = convert::kind_maps(spec.param("word_embeddings"), dims, false, "emb", {shape.vocab_size, 384}, 1);
+  BOOST_TEST(emb[0].shard_shape[0] % 128 == 0);
+  BOOST_TEST(emb[0].shard_shape[0] >= shape.vocab_size);
 }
 
 BOOST_AUTO_TEST_CASE(hf_config_json_round_trip) {
   const config::ModelConfig c = tiny().model;
   config::HfJsonOptions jo;
   jo.fp8_quantization_config = true;
-  const std::string json = convert::hf_config_json<model::Llama3>(c, jo);
+  const std::string json = convert::hf_config_json(model::spec<model::Llama3>(), c, jo);
   BOOST_TEST(json.find("\"LlamaForCausalLM\"") != std::string::npos);
   BOOST_TEST(json.find("\"head_dim\": 128") != std::string::npos);
   BOOST_TEST(json.find("\"weight_block_size\"") != std::string::npos);
@@ -156,20 +166,21 @@ BOOST_AUTO_TEST_CASE(refusals_name_the_key) {
       kConfigs / "deepseek_v3" / "deepseek_v3_tiny.yaml",
       kConfigs / "deepseek_v3" / "ckpt_convert" / "deepseek_v3_convert.yaml").model;
   BOOST_TEST(ds.multi_latent_attention);
-  expect_error([&] { convert::model_shape_of<model::Llama3>(ds); }, {"llama3", "multi-latent attention"});
+  const model::ModelSpec& spec = model::spec<model::Llama3>();
+  expect_error([&] { convert::model_shape_of(spec, ds); }, {"llama3", "multi-latent attention"});
   config::ModelConfig moe = tiny().model;
   moe.num_experts = 8;
   moe.moe_layer_freq.assign(4, 1);
   moe.moe_ffn_hidden_size = 64;
   moe.moe_router_num_groups = 1;
   moe.moe_router_topk = 2;
-  expect_error([&] { config::to_hf_llama_config_json(moe); }, {"'num_experts'", "dense"});
-  expect_error([&] { convert::model_shape_of<model::Llama3>(moe); }, {"llama3", "num_experts 8"});
+  expect_error([&] { model::Llama3::hf_config_json(moe, {}); }, {"'num_experts'", "dense"});
+  expect_error([&] { convert::model_shape_of(spec, moe); }, {"llama3", "num_experts 8"});
   config::ModelConfig mtp = tiny().model;
   mtp.mtp_num_layers = 1;
-  expect_error([&] { config::to_hf_llama_config_json(mtp); }, {"'mtp_num_layers'"});
-  BOOST_TEST(model::Llama3::full_shape("mlp.dense_4h_to_h", tiny().model) == (Shape{384, 1024}));
-  expect_error([&] { model::Llama3::full_shape("moe.gate", tiny().model); }, {"llama3", "'moe.gate'"});
+  expect_error([&] { model::Llama3::hf_config_json(mtp, {}); }, {"'mtp_num_layers'"});
+  BOOST_TEST(spec.param("mlp.dense_4h_to_h").shape(model::Dims{tiny().model}) == (Shape{384, 1024}));
+  expect_error([&] { spec.param("moe.gate"); }, {"llama3", "'moe.gate'"});
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,8 +1,9 @@
 #pragma once
 // Architecture description of a DeepSeek-V3-style model (MLA attention, routed + shared experts,
 // MTP), filled from LoongForge's model YAML (Megatron-Core TransformerConfig names) or from a
-// HuggingFace config.json, validated with errors that name the source and the key, and written
-// back as an HF config.json for MCore -> HF exports (LoongForge writes none, bug B23).
+// HuggingFace config.json, validated with errors that name the source and the key. Each family
+// writes its own HF config.json for MCore -> HF exports (model/<family>.hpp; LoongForge writes
+// none, bug B23).
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
@@ -539,8 +540,8 @@ struct HfJsonOptions {
   std::string transformers_version = "4.46.3";
 };
 
-namespace detail {
-// DeepSeek's 128x128 block-FP8 `quantization_config` (also read by transformers for other models).
+// DeepSeek's 128x128 block-FP8 `quantization_config` (also read by transformers for other models);
+// the families' config.json writers (model/) share it.
 inline void write_fp8_quantization_config(rapidjson::PrettyWriter<rapidjson::StringBuffer>& w, const HfJsonOptions& o) {
   w.Key("quantization_config");
   w.StartObject();
@@ -550,126 +551,6 @@ inline void write_fp8_quantization_config(rapidjson::PrettyWriter<rapidjson::Str
   if (o.scale_fmt) { w.Key("scale_fmt"); w.String(o.scale_fmt->c_str()); }
   w.Key("weight_block_size"); w.StartArray(); w.Int(128); w.Int(128); w.EndArray();
   w.EndObject();
-}
-}  // namespace detail
-
-// HF config.json for the model (DeepSeek-V3 schema, keys in a stable order). The HF layout needs
-// the MoE pattern to be "first k dense, then all MoE"; anything else is refused.
-inline std::string to_hf_config_json(const ModelConfig& c, const HfJsonOptions& o = {}) {
-  c.validate("model config");
-  const std::int64_t k = c.first_k_dense();
-  for (std::int64_t i = k; i < c.num_layers; ++i)
-    if (c.moe_layer_freq[static_cast<std::size_t>(i)] != 1)
-      fail("model config: key 'moe_layer_freq': layer ", i, " is dense after MoE layers; the HF DeepSeek-V3 config "
-           "(first_k_dense_replace) cannot express it");
-  if (c.moe_shared_expert_intermediate_size % (c.moe_ffn_hidden_size ? c.moe_ffn_hidden_size : 1) != 0)
-    fail("model config: key 'moe_shared_expert_intermediate_size': ", c.moe_shared_expert_intermediate_size,
-         " is not a multiple of moe_ffn_hidden_size ", c.moe_ffn_hidden_size, " (HF n_shared_experts)");
-  rapidjson::StringBuffer sb;
-  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-  w.SetIndent(' ', 2);
-  w.StartObject();
-  w.Key("architectures"); w.StartArray(); w.String("DeepseekV3ForCausalLM"); w.EndArray();
-  w.Key("attention_bias"); w.Bool(false);
-  w.Key("attention_dropout"); w.Double(0.0);
-  w.Key("bos_token_id"); w.Int(0);
-  w.Key("eos_token_id"); w.Int(1);
-  w.Key("first_k_dense_replace"); w.Int64(k);
-  w.Key("hidden_act"); w.String("silu");
-  w.Key("hidden_size"); w.Int64(c.hidden_size);
-  w.Key("initializer_range"); w.Double(0.02);
-  w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
-  w.Key("kv_lora_rank"); w.Int64(c.kv_lora_rank);
-  w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
-  w.Key("model_type"); w.String("deepseek_v3");
-  w.Key("moe_intermediate_size"); w.Int64(c.moe_ffn_hidden_size);
-  w.Key("moe_layer_freq"); w.Int(1);
-  w.Key("n_group"); w.Int64(c.moe_router_num_groups);
-  w.Key("n_routed_experts"); w.Int64(c.num_experts);
-  w.Key("n_shared_experts"); w.Int64(c.moe_ffn_hidden_size ? c.moe_shared_expert_intermediate_size / c.moe_ffn_hidden_size : 0);
-  w.Key("norm_topk_prob"); w.Bool(true);
-  w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
-  w.Key("num_experts_per_tok"); w.Int64(c.moe_router_topk);
-  w.Key("num_hidden_layers"); w.Int64(c.num_layers);
-  w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
-  w.Key("num_nextn_predict_layers"); w.Int64(c.mtp_num_layers);
-  w.Key("q_lora_rank");
-  if (c.q_lora_rank > 0) w.Int64(c.q_lora_rank); else w.Null();
-  w.Key("qk_nope_head_dim"); w.Int64(c.qk_head_dim);
-  w.Key("qk_rope_head_dim"); w.Int64(c.qk_pos_emb_head_dim);
-  if (o.fp8_quantization_config) detail::write_fp8_quantization_config(w, o);
-  w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
-  w.Key("rope_scaling");
-  if (c.rope_scaling) {
-    const auto& r = *c.rope_scaling;
-    w.StartObject();
-    w.Key("beta_fast"); w.Double(r.beta_fast);
-    w.Key("beta_slow"); w.Double(r.beta_slow);
-    w.Key("factor"); w.Double(r.factor);
-    w.Key("mscale"); w.Double(r.mscale);
-    w.Key("mscale_all_dim"); w.Double(r.mscale_all_dim);
-    w.Key("original_max_position_embeddings"); w.Int64(r.original_max_position_embeddings);
-    w.Key("type"); w.String("yarn");
-    w.EndObject();
-  } else {
-    w.Null();
-  }
-  w.Key("rope_theta"); w.Double(c.rotary_base);
-  w.Key("routed_scaling_factor"); w.Double(c.moe_router_topk_scaling_factor);
-  w.Key("scoring_func"); w.String(c.moe_router_score_function.c_str());
-  w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
-  w.Key("topk_group"); w.Int64(c.moe_router_group_topk);
-  w.Key("topk_method"); w.String(c.moe_router_enable_expert_bias ? "noaux_tc" : "greedy");
-  w.Key("torch_dtype"); w.String(o.dtype.c_str());
-  w.Key("transformers_version"); w.String(o.transformers_version.c_str());
-  w.Key("use_cache"); w.Bool(true);
-  w.Key("v_head_dim"); w.Int64(c.v_head_dim);
-  w.Key("vocab_size"); w.Int64(c.vocab_size);
-  w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize()) + "\n";
-}
-
-// HF config.json of a Llama 3 (LlamaForCausalLM) model: dense SwiGLU MLP, GQA attention, RMSNorm,
-// keys in a stable (sorted) order like transformers writes them. YaRN rope scaling and MoE do not
-// exist in this schema and are refused.
-inline std::string to_hf_llama_config_json(const ModelConfig& c, const HfJsonOptions& o = {}) {
-  c.validate("model config");
-  if (c.multi_latent_attention) fail("model config: multi-latent attention has no Llama config.json form");
-  if (c.num_experts != 0) fail("model config: key 'num_experts': ", c.num_experts, " experts; a Llama model is dense");
-  if (c.mtp_num_layers != 0) fail("model config: key 'mtp_num_layers': a Llama config.json has no MTP layers");
-  if (c.rope_scaling) fail("model config: YaRN rope scaling has no Llama config.json form (set rope_type: rope)");
-  rapidjson::StringBuffer sb;
-  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-  w.SetIndent(' ', 2);
-  w.StartObject();
-  w.Key("architectures"); w.StartArray(); w.String("LlamaForCausalLM"); w.EndArray();
-  w.Key("attention_bias"); w.Bool(false);
-  w.Key("attention_dropout"); w.Double(0.0);
-  w.Key("bos_token_id"); w.Int(0);
-  w.Key("eos_token_id"); w.Int(1);
-  w.Key("head_dim"); w.Int64(c.head_dim());
-  w.Key("hidden_act"); w.String("silu");
-  w.Key("hidden_size"); w.Int64(c.hidden_size);
-  w.Key("initializer_range"); w.Double(0.02);
-  w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
-  w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
-  w.Key("mlp_bias"); w.Bool(false);
-  w.Key("model_type"); w.String("llama");
-  w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
-  w.Key("num_hidden_layers"); w.Int64(c.num_layers);
-  w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
-  w.Key("pretraining_tp"); w.Int(1);
-  if (o.fp8_quantization_config) detail::write_fp8_quantization_config(w, o);
-  w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
-  w.Key("rope_scaling"); w.Null();
-  w.Key("rope_theta"); w.Double(c.rotary_base);
-  w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
-  w.Key("torch_dtype"); w.String(o.dtype.c_str());
-  w.Key("transformers_version"); w.String(o.transformers_version.c_str());
-  w.Key("use_cache"); w.Bool(true);
-  w.Key("vocab_size"); w.Int64(c.vocab_size);
-  w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize()) + "\n";
 }
 
 // Compares the architecture fields that decide tensor shapes and layer kinds; the error names the

@@ -1,10 +1,11 @@
 #pragma once
 // Bridges the LoongForge-schema configs (config/) to the conversion's inputs: the name map the
-// planners compose keys from, and the model shape the model policy is instantiated for.
+// planners compose keys from, and the model shape of a model spec.
 #include "ckbridge/config/convert_config.hpp"
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/convert/instances.hpp"
 #include "ckbridge/convert/names.hpp"
+#include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::convert {
 
@@ -54,8 +55,10 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
 
 inline constexpr std::int64_t kMaxModelCount = 1'000'000;  // layers, MTP layers, experts
 
-inline ModelShape model_shape_from(const config::ModelConfig& mc, std::optional<int> mtp_override = std::nullopt,
-                                   std::optional<std::int64_t> vocab_override = std::nullopt) {
+// The model shape of a model spec for a config: counts, the MoE pattern, the spec's MCore args and
+// the dims its kinds' rules read (after the spec's own config checks, where it has them).
+inline ModelShape model_shape_of(const model::ModelSpec& spec, const config::ModelConfig& mc) {
+  if (spec.check) spec.check(mc);
   ModelShape s;
   // The planners count layers and experts in int: larger values are refused here, by name,
   // instead of wrapping into a different (or negative) count.
@@ -65,57 +68,18 @@ inline ModelShape model_shape_from(const config::ModelConfig& mc, std::optional<
     return static_cast<int>(v);
   };
   s.num_layers = small("num_layers", mc.num_layers);
-  s.mtp_num_layers = mtp_override ? *mtp_override : small("mtp_num_layers", mc.mtp_num_layers);
+  s.mtp_num_layers = small("mtp_num_layers", mc.mtp_num_layers);
   s.num_experts = small("num_experts", mc.num_experts);
   for (std::int64_t l = 0; l < mc.num_layers; ++l) s.moe_layer.push_back(mc.num_experts > 0 && mc.is_moe_layer(l));
   s.mtp_moe = mc.num_experts > 0;
-  s.vocab_size = vocab_override.value_or(mc.vocab_size);
-  using V = ArgValue;
-  if (!mc.multi_latent_attention) {  // standard attention (GQA): the grouped QKV rule needs its dims
+  s.vocab_size = mc.vocab_size;
+  if (!mc.multi_latent_attention) {  // GQA: the TP checks need the head and group counts
     s.num_attention_heads = mc.num_attention_heads;
     s.num_query_groups = mc.num_query_groups;
     s.head_dim = mc.head_dim();
-    s.args = {{"hidden_size", V{mc.hidden_size}},
-              {"ffn_hidden_size", V{mc.ffn_hidden_size}},
-              {"num_attention_heads", V{mc.num_attention_heads}},
-              {"num_query_groups", V{mc.num_query_groups}},
-              {"group_query_attention", V{mc.num_query_groups != mc.num_attention_heads}},
-              {"kv_channels", V{mc.head_dim()}},
-              {"multi_latent_attention", V{false}},
-              {"swiglu", V{true}},
-              {"max_position_embeddings", V{mc.max_position_embeddings}},
-              {"rotary_base", V{mc.rotary_base}},
-              {"norm_epsilon", V{mc.norm_epsilon}},
-              {"untie_embeddings_and_output_weights", V{mc.untie_embeddings_and_output_weights}},
-              {"qk_layernorm", V{mc.qk_layernorm}}};
-    return s;
   }
-  s.args = {{"hidden_size", V{mc.hidden_size}},
-            {"ffn_hidden_size", V{mc.ffn_hidden_size}},
-            {"num_attention_heads", V{mc.num_attention_heads}},
-            {"num_query_groups", V{mc.num_query_groups}},
-            {"multi_latent_attention", V{true}},
-            {"q_lora_rank", V{mc.q_lora_rank}},
-            {"kv_lora_rank", V{mc.kv_lora_rank}},
-            {"qk_head_dim", V{mc.qk_head_dim}},
-            {"qk_pos_emb_head_dim", V{mc.qk_pos_emb_head_dim}},
-            {"v_head_dim", V{mc.v_head_dim}},
-            {"moe_ffn_hidden_size", V{mc.moe_ffn_hidden_size}},
-            {"moe_shared_expert_intermediate_size", V{mc.moe_shared_expert_intermediate_size}},
-            {"max_position_embeddings", V{mc.max_position_embeddings}},
-            {"norm_epsilon", V{mc.norm_epsilon}},
-            {"untie_embeddings_and_output_weights", V{mc.untie_embeddings_and_output_weights}},
-            {"qk_layernorm", V{mc.qk_layernorm}}};
-  return s;
-}
-
-// The model shape of a model policy for a config: model_shape_from plus the policy's shape rule
-// (and its own config checks, where it has them).
-template <class Model>
-ModelShape model_shape_of(const config::ModelConfig& mc) {
-  if constexpr (requires { Model::check(mc); }) Model::check(mc);
-  ModelShape s = model_shape_from(mc);
-  s.expected_shape = [mc](std::string_view c) { return Model::full_shape(c, mc); };
+  s.args = spec.mcore_args(mc);
+  s.dims.model = mc;
   return s;
 }
 

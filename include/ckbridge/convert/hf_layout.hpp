@@ -30,40 +30,21 @@ struct HfLayoutOptions {
   DType float_dtype = DType::BF16;  // everything else (float32 kinds stay float32)
 };
 
-// Rows of each HF tensor that an instance concatenates along dim 0: GQA's [q; k; v] parts differ
-// (heads vs query groups), [gate; up] halves are equal.
-inline std::vector<std::int64_t> hf_part_rows(const Instance& in, const ModelShape& shape, const Shape& full,
-                                              std::size_t parts) {
-  const auto n = static_cast<std::int64_t>(parts);
-  if (in.kind.tp_rule == model::TpRule::GroupedQkv && parts == 3) {
-    const std::int64_t q = shape.num_attention_heads * shape.head_dim, kv = shape.num_query_groups * shape.head_dim;
-    if (full.empty() || q <= 0 || kv <= 0 || q + 2 * kv != full[0])
-      fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " is not [q; k; v] for ", shape.num_attention_heads,
-           " heads, ", shape.num_query_groups, " query groups and head_dim ", shape.head_dim);
-    return {q, kv, kv};
-  }
-  if (full.empty() || full[0] % n != 0)
-    fail("hf_layout: ", in.label(), " of shape ", shape_str(full), " does not split into ", parts, " parts");
-  return std::vector<std::int64_t>(parts, full[0] / n);
-}
-
-// The HF config.json of a model: the policy's own writer (Model::hf_config_json) where it has
-// one, else the DeepSeek-V3 schema.
-template <class Model>
-std::string hf_config_json(const config::ModelConfig& mc, const config::HfJsonOptions& jo) {
-  if constexpr (requires { Model::hf_config_json(mc, jo); }) return Model::hf_config_json(mc, jo);
-  else return config::to_hf_config_json(mc, jo);
+// The HF config.json of a model: its family's own writer.
+inline std::string hf_config_json(const model::ModelSpec& spec, const config::ModelConfig& mc,
+                                  const config::HfJsonOptions& jo) {
+  if (!spec.hf_config_json) fail(spec.name, ": the model spec has no config.json writer");
+  return spec.hf_config_json(mc, jo);
 }
 
 inline bool hf_fp8_kind(const model::ParamKind& k) {
   return k.fp8 == model::Fp8::Blockwise || k.fp8 == model::Fp8::BlockwiseNoTp;
 }
 
-template <class Model>
-std::vector<HfTensor> hf_layout(const NameMap& nm, const ModelShape& shape, const HfLayoutOptions& o) {
-  if (!shape.expected_shape) fail("hf_layout: the model shape has no shape rule");
-  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
-  const auto copies = mtp_copy_keys<Model>(nm, shape);
+inline std::vector<HfTensor> hf_layout(const model::ModelSpec& spec, const NameMap& nm, const ModelShape& shape,
+                                       const HfLayoutOptions& o) {
+  const std::vector<Instance> inst = enumerate_instances(spec, shape);
+  const auto copies = mtp_copy_keys(spec, nm, shape);
   std::vector<HfTensor> out;
   int last_mtp = -1;
   auto flush_copies = [&](int mtp) {
@@ -87,11 +68,11 @@ std::vector<HfTensor> hf_layout(const NameMap& nm, const ModelShape& shape, cons
       last_mtp = in.mtp;
     }
     const std::vector<std::string> keys = hf_keys(nm, in);
-    const Shape full = shape.expected_shape(in.kind.common);
+    const Shape full = in.kind.shape(shape.dims);
     const std::vector<std::int64_t> rows =
-        keys.size() > 1 ? hf_part_rows(in, shape, full, keys.size()) : std::vector<std::int64_t>{};
+        keys.size() > 1 ? in.kind.part_rows(shape.dims, keys.size()) : std::vector<std::int64_t>{};
     const bool fp8 = o.fp8 && hf_fp8_kind(in.kind);
-    const DType dt = fp8 ? DType::F8_E4M3 : (Model::hf_float32(in.kind.common) ? DType::F32 : o.float_dtype);
+    const DType dt = fp8 ? DType::F8_E4M3 : (in.kind.hf_float32 ? DType::F32 : o.float_dtype);
     std::int64_t row0 = 0;
     for (std::size_t p = 0; p < keys.size(); ++p) {
       Shape part = full;

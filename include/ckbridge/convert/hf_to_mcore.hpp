@@ -1,6 +1,6 @@
 #pragma once
 // Plans HF (safetensors) -> MCore (legacy torch checkpoint): every parameter instance of the model
-// policy is read from the HF checkpoint (zero-copy views), cut by its TP rule into shards, and
+// spec is read from the HF checkpoint (zero-copy views), cut by its kind's layout into shards, and
 // placed into the files of its pipeline stage (and EP rank, for experts) under its MCore name.
 #include <functional>
 #include <map>
@@ -15,7 +15,8 @@
 #include "ckbridge/convert/parallel_layout.hpp"
 #include "ckbridge/convert/plan.hpp"
 #include "ckbridge/convert/produce.hpp"
-#include "ckbridge/convert/tp_maps.hpp"
+#include "ckbridge/convert/kind_maps.hpp"
+#include "ckbridge/layout/vocab_pad.hpp"
 #include "ckbridge/format/safetensors_checkpoint.hpp"
 
 namespace ckbridge::convert {
@@ -207,11 +208,11 @@ inline bool shard_in_file(const McoreFile& f, const Instance& in, bool expert, i
 // The source of one parameter instance (HF tensors, or MCore shards), marking what it consumes.
 using SourceFn = std::function<std::shared_ptr<const LogicalSource>(const Instance&, Plan&)>;
 
-// Plans the MCore target (files of every TP/PP/EP rank, each instance cut by its TP rule and
-// placed under its MCore name) from any source. Fills plan.files, plan.mcore_args and the tracker.
-template <class Model>
-void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const ConvertOptions& o,
-                   const SourceFn& source) {
+// Plans the MCore target (files of every TP/PP/EP rank, each instance cut by its kind's layout
+// and placed under its MCore name) from any source. Fills plan.files, plan.mcore_args and the
+// tracker.
+inline void plan_to_mcore(const model::ModelSpec& spec, Plan& plan, const NameMap& nm, const ModelShape& shape,
+                          const ConvertOptions& o, const SourceFn& source) {
   shape.validate();
   shape.check_tensor_parallel(o.tp);
   PipelineOptions po = o.pipeline;
@@ -239,20 +240,18 @@ void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const
   }
   std::vector<std::set<std::string>> extra_done(plan.files.size());  // _extra_state keys per file
 
-  const TpSettings vocab = tp_settings(shape, o);
+  const model::Dims dims = run_dims(shape, o);
   const int etp = files.etp();
 
   auto stages_of = [&](const Instance& in) { return stages_holding(pp, in); };
 
-  std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  std::vector<Instance> inst = enumerate_instances(spec, shape);
   for (const Instance& in : inst) {
     const std::shared_ptr<const LogicalSource> src = source(in, plan);
-    if (shape.expected_shape) {
-      const Shape want = shape.expected_shape(in.kind.common);
-      if (src->full != want)
-        fail("source tensor '", src->name, "' has shape ", shape_str(src->full), " but the model config implies ",
-             shape_str(want), " for ", in.label());
-    }
+    const Shape want = in.kind.shape(dims);
+    if (src->full != want)
+      fail("source tensor '", src->name, "' has shape ", shape_str(src->full), " but the model config implies ",
+           shape_str(want), " for ", in.label());
     const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
     const bool tfp8 = target_is_fp8(in.kind, me, src->fp8, o);
     const bool expert = in.kind.where == model::Where::Expert;
@@ -260,7 +259,7 @@ void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const
     const bool replicate = me.ignore_tp || (tfp8 && me.fp8_ignore_tp);
     std::vector<layout::ShardMap> maps;
     try {
-      maps = tp_maps(in.kind.tp_rule, replicate, src->name, src->full, size, vocab);
+      maps = kind_maps(in.kind, dims, replicate, src->name, src->full, size);
     } catch (const Error& err) {  // name the flag that set the parallel size
       fail(expert ? "--expert_tensor_parallel_size " : "--tensor_model_parallel_size ", size, ": ", err.what());
     }
@@ -297,9 +296,8 @@ void plan_to_mcore(Plan& plan, const NameMap& nm, const ModelShape& shape, const
                               o.iteration < 0 ? std::string("release") : std::to_string(o.iteration)});
 }
 
-template <class Model>
-Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, const ModelShape& shape,
-                      const ConvertOptions& o) {
+inline Plan plan_hf_to_mcore(const model::ModelSpec& spec, const safetensors::Checkpoint& ck, const NameMap& nm,
+                             const ModelShape& shape, const ConvertOptions& o) {
   Plan plan;
   // Planning reads only FP8 scales (is their every block a power of two?): small scattered reads,
   // which must not pull in the read-ahead around each (MBs of weights per scale tensor).
@@ -332,7 +330,7 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
   // shape are checked here, the bytes while the originals stream (LogicalSource::must_equal), so
   // planning reads no tensor data.
   std::map<std::string, std::vector<std::string>> copies_of;  // original -> its copies
-  for (const auto& [copy_key, orig_key] : mtp_copy_keys<Model>(nm, shape)) {
+  for (const auto& [copy_key, orig_key] : mtp_copy_keys(spec, nm, shape)) {
     if (!ck.contains(copy_key)) continue;
     if (!ck.contains(orig_key))
       fail(ck.directory().string(), ": '", copy_key, "' is a copy of '", orig_key, "', which is missing");
@@ -344,7 +342,7 @@ Plan plan_hf_to_mcore(const safetensors::Checkpoint& ck, const NameMap& nm, cons
     plan.consume(copy_key);
   }
   std::set<std::string> checked;  // originals whose copies some producer compares
-  plan_to_mcore<Model>(plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
+  plan_to_mcore(spec, plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
     const std::vector<std::string> keys = hf_keys(nm, in);
     auto src = hf_source(ck, nm, keys, pl);
     for (const auto& k : keys) {

@@ -1,5 +1,5 @@
 #pragma once
-// Enumerates the parameter instances of a model policy for a concrete model shape: every global,
+// Enumerates the parameter instances of a model spec for a concrete model shape: every global,
 // every per-layer kind of every decoder layer (dense or MoE), every routed expert, every MTP block.
 #include <functional>
 #include <string>
@@ -11,7 +11,7 @@
 #include "ckbridge/convert/names.hpp"
 #include "ckbridge/core/error.hpp"
 #include "ckbridge/core/shape.hpp"
-#include "ckbridge/model/param.hpp"
+#include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::convert {
 
@@ -26,12 +26,12 @@ struct ModelShape {
   std::vector<bool> moe_layer;  // per decoder layer (size num_layers)
   bool mtp_moe = true;          // the inner layer of an MTP block is MoE (DeepSeek V3)
   std::int64_t vocab_size = 0;  // unpadded
-  // Attention dims of the grouped QKV rule (TpRule::GroupedQkv); 0 where the model has none.
+  // GQA attention dims (the TP checks below); 0 where the model has none (MLA).
   std::int64_t num_attention_heads = 0, num_query_groups = 0, head_dim = 0;
   // Model fields for the MCore `args` Namespace (hidden_size, num_attention_heads, ...).
   std::vector<std::pair<std::string, ArgValue>> args;
-  // The full shape the config implies for a parameter kind (empty function: not checked).
-  std::function<Shape(std::string_view common)> expected_shape;
+  // What the parameter kinds' layout and shape rules read (the model config).
+  model::Dims dims;
 
   bool is_moe(int layer) const {
     if (layer >= num_layers) return mtp_moe && num_experts > 0;
@@ -67,10 +67,9 @@ struct ModelShape {
 
 // Instances in the canonical order: globals of the first stage, layers in order (per layer: the
 // kinds in policy order, routed experts by ascending id), MTP blocks, then last-stage globals.
-template <class Model>
-std::vector<Instance> enumerate_instances(const ModelShape& shape) {
+inline std::vector<Instance> enumerate_instances(const model::ModelSpec& spec, const ModelShape& shape) {
   using model::Where;
-  constexpr auto kinds = model::param_kinds<typename Model::params>();
+  const std::vector<model::ParamKind>& kinds = spec.params;
   std::vector<Instance> out;
   auto layer = [&](int id, int mtp) {
     const bool moe = shape.is_moe(id);
@@ -94,27 +93,22 @@ std::vector<Instance> enumerate_instances(const ModelShape& shape) {
   return out;
 }
 
-// (copy key, original key) of every MTP-block duplicate the model policy declares.
-template <class Model>
-std::vector<std::pair<std::string, std::string>> mtp_copy_keys(const NameMap& nm, const ModelShape& shape) {
+// (copy key, original key) of every MTP-block duplicate the model spec declares.
+inline std::vector<std::pair<std::string, std::string>> mtp_copy_keys(const model::ModelSpec& spec, const NameMap& nm,
+                                                                      const ModelShape& shape) {
   std::vector<std::pair<std::string, std::string>> out;
-  using Copies = typename Model::mtp_copies;
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (
-        [&] {
-          using C = std::tuple_element_t<I, Copies>;
-          if (!nm.hf.count(C::copy)) return;  // the config does not name the copy: nothing to do
-          for (int i = 0; i < shape.mtp_num_layers; ++i) {
-            const model::ParamKind ck{C::copy, model::TpRule::Replicate, model::Where::MtpBlock, model::Fp8::Never,
-                                      model::TpGroup::Tensor};
-            const model::ParamKind ok{C::of, model::TpRule::Replicate, model::Where::FirstStage, model::Fp8::Never,
-                                      model::TpGroup::Tensor};
-            out.push_back({hf_keys(nm, Instance{ck, shape.num_layers + i, i, -1}).front(),
-                           hf_keys(nm, Instance{ok, -1, -1, -1}).front()});
-          }
-        }(),
-        ...);
-  }(std::make_index_sequence<std::tuple_size_v<Copies>>{});
+  for (const auto& c : spec.mtp_copies) {
+    if (!nm.hf.count(c.copy)) continue;  // the config does not name the copy: nothing to do
+    for (int i = 0; i < shape.mtp_num_layers; ++i) {
+      model::ParamKind ck, ok;
+      ck.common = c.copy;
+      ck.where = model::Where::MtpBlock;
+      ok.common = c.of;
+      ok.where = model::Where::FirstStage;
+      out.push_back({hf_keys(nm, Instance{ck, shape.num_layers + i, i, -1}).front(),
+                     hf_keys(nm, Instance{ok, -1, -1, -1}).front()});
+    }
+  }
   return out;
 }
 

@@ -13,7 +13,7 @@
 #include "ckbridge/convert/parallel_layout.hpp"
 #include "ckbridge/convert/plan.hpp"
 #include "ckbridge/convert/produce.hpp"
-#include "ckbridge/convert/tp_maps.hpp"
+#include "ckbridge/convert/kind_maps.hpp"
 #include "ckbridge/format/megatron_reader.hpp"
 
 namespace ckbridge::convert {

@@ -19,14 +19,12 @@ namespace ckbridge::convert {
 // Reads parameter instances from an MCore legacy checkpoint of a known layout: validates the
 // file set, registers every stored tensor for the coverage check, and assembles each instance
 // from its TP shards (zero-copy views). The checkpoint's files stay mapped while the plan lives.
-template <class Model>
 class McoreSources {
 public:
   McoreSources(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const ConvertOptions& o, Plan& plan)
-      : ck_(ck), nm_(nm), shape_(shape), o_(o), pp_(pipeline(shape, o)),
+      : ck_(ck), nm_(nm), shape_(shape), o_(o), dims_(run_dims(shape, o)), pp_(pipeline(shape, o)),
         files_(ParallelOptions{o.tp, o.pipeline.pp, shape.num_experts > 0 ? o.ep : 1, o.etp, shape.num_experts}) {
     shape.validate();
-    if (!shape.expected_shape) fail("McoreSources: the model shape has no shape rule");
     std::set<std::string> want, have;
     for (const auto& f : files_.all_files()) want.insert(f.dir);
     for (const auto& r : ck.dir().ranks) have.insert(r.name);
@@ -85,9 +83,7 @@ public:
     const PipelinePlan& pp = pp_;
     const McoreFileLayout& files = files_;
     const NameMap& nm = nm_;
-    const ModelShape& shape = shape_;
     McoreCheckpoint& ck = ck_;
-    const TpSettings vocab = tp_settings(shape, o);
     const bool expert = in.kind.where == model::Where::Expert;
     const int size = expert ? files.etp() : o.tp;
     // stages holding the instance: the first one is read, the others (embedding copies on MTP
@@ -125,8 +121,8 @@ public:
     const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
     const bool fp8 = shards[0].front().scale.has_value();
     const bool replicate = me.ignore_tp || (fp8 && me.fp8_ignore_tp);
-    const Shape full = shape.expected_shape(in.kind.common);
-    const auto maps = tp_maps(in.kind.tp_rule, replicate, key0, full, size, vocab);
+    const Shape full = in.kind.shape(dims_);
+    const auto maps = kind_maps(in.kind, dims_, replicate, key0, full, size);
     auto src = mcore_logical_source(key0, full, shards[0], maps);
     for (std::size_t si = 1; si < stages.size(); ++si) {
       bool all = true;
@@ -149,6 +145,7 @@ private:
   const NameMap& nm_;
   const ModelShape& shape_;
   ConvertOptions o_;
+  model::Dims dims_;
   PipelinePlan pp_;
   McoreFileLayout files_;
   bool any_fp8_ = false, all_pow2_ = true;
@@ -200,22 +197,21 @@ inline void check_copies_while_streaming(OutEntry& e, const std::shared_ptr<cons
 
 // MCore -> MCore: read one layout, write another (no HF files, no full model in memory; FP8
 // blocks move without re-quantization where the new boundaries allow).
-template <class Model>
-Plan plan_mcore_to_mcore(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape,
-                         const ConvertOptions& source_layout, const ConvertOptions& target) {
+inline Plan plan_mcore_to_mcore(const model::ModelSpec& spec, McoreCheckpoint& ck, const NameMap& nm,
+                                const ModelShape& shape, const ConvertOptions& source_layout,
+                                const ConvertOptions& target) {
   Plan plan;
-  McoreSources<Model> read(ck, nm, shape, source_layout, plan);
-  plan_to_mcore<Model>(plan, nm, shape, target, [&](const Instance& in, Plan& pl) { return read(in, pl); });
+  McoreSources read(ck, nm, shape, source_layout, plan);
+  plan_to_mcore(spec, plan, nm, shape, target, [&](const Instance& in, Plan& pl) { return read(in, pl); });
   plan.check_coverage();
   return plan;
 }
 
-template <class Model>
-Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& shape, const config::ModelConfig& mc,
-                      const ConvertOptions& o) {
+inline Plan plan_mcore_to_hf(const model::ModelSpec& spec, McoreCheckpoint& ck, const NameMap& nm,
+                             const ModelShape& shape, const config::ModelConfig& mc, const ConvertOptions& o) {
   Plan plan;
-  McoreSources<Model> read(ck, nm, shape, o, plan);
-  const std::vector<Instance> inst = enumerate_instances<Model>(shape);
+  McoreSources read(ck, nm, shape, o, plan);
+  const std::vector<Instance> inst = enumerate_instances(spec, shape);
   std::vector<std::shared_ptr<const LogicalSource>> sources;
   for (const Instance& in : inst) sources.push_back(read(in, plan));
   const bool any_fp8 = read.any_fp8();
@@ -223,7 +219,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
 
   // HF side: the canonical layout, dtypes decided per tensor.
   const bool hf_fp8 = (any_fp8 && !o.dequantize_fp8) || o.convert_to_fp8;
-  std::vector<HfTensor> layout = hf_layout<Model>(nm, shape, {hf_fp8, o.torch_dtype});
+  std::vector<HfTensor> layout = hf_layout(spec, nm, shape, {hf_fp8, o.torch_dtype});
   std::map<std::string, std::size_t> by_key;
   for (std::size_t k = 0; k < layout.size(); ++k) by_key[layout[k].key] = k;
   std::map<std::string, OutEntry> entries;  // HF key -> entry (weights and scales separately)
@@ -276,7 +272,7 @@ Plan plan_mcore_to_hf(McoreCheckpoint& ck, const NameMap& nm, const ModelShape& 
   jo.fp8_quantization_config = hf_fp8;
   if (hf_fp8 && written_pow2) jo.scale_fmt = "ue8m0";
   jo.dtype = std::string(torch_dtype_name(o.torch_dtype));
-  plan.small_files.push_back({"config.json", hf_config_json<Model>(mc, jo) + "\n"});
+  plan.small_files.push_back({"config.json", hf_config_json(spec, mc, jo) + "\n"});
   return plan;
 }
 

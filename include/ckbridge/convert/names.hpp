@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "ckbridge/core/error.hpp"
-#include "ckbridge/model/param.hpp"
+#include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::convert {
 

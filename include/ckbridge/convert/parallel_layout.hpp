@@ -10,10 +10,13 @@
 
 #include "ckbridge/convert/pipeline_layout.hpp"
 #include "ckbridge/core/error.hpp"
+#include "ckbridge/layout/expert_slice.hpp"
 
 namespace ckbridge::convert {
 
-// get_ep_map: experts are chunked consecutively; EP rank g owns [g*n, (g+1)*n), n = E / ep.
+// get_ep_map: experts are chunked consecutively; EP rank g owns [g*n, (g+1)*n), n = E / ep
+// (layout::ExpertSlice's owner(); an expert's own tensors are then split by its kind's layout
+// over expert TP).
 struct EpMap {
   int num_experts = 0;
   int ep = 1;
@@ -37,11 +40,12 @@ inline EpMap ep_map(int num_experts, int ep) {
   m.expert_local.resize(static_cast<std::size_t>(num_experts));
   m.expert_ep.resize(static_cast<std::size_t>(num_experts));
   m.ep_experts.resize(static_cast<std::size_t>(ep));
+  const layout::ExpertSlice slice{num_experts, ep, 0};  // the EP split of the experts (layout/)
   for (int e = 0; e < num_experts; ++e) {
-    const int g = e / m.per_rank;
-    m.expert_ep[static_cast<std::size_t>(e)] = g;
-    m.expert_local[static_cast<std::size_t>(e)] = e % m.per_rank;
-    m.ep_experts[static_cast<std::size_t>(g)].push_back(e);
+    const layout::ExpertOwner own = slice.owner(e);
+    m.expert_ep[static_cast<std::size_t>(e)] = own.rank;
+    m.expert_local[static_cast<std::size_t>(e)] = static_cast<int>(own.local);
+    m.ep_experts[static_cast<std::size_t>(own.rank)].push_back(e);
   }
   return m;
 }

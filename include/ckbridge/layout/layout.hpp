@@ -1,5 +1,6 @@
 #pragma once
 // All layout policies and the algorithms over them.
+#include "ckbridge/layout/any_policy.hpp"
 #include "ckbridge/layout/apply.hpp"
 #include "ckbridge/layout/compose.hpp"
 #include "ckbridge/layout/expert_slice.hpp"

@@ -4,7 +4,7 @@
 //   shard_map(tensor, full, rank, size) -> ShardMap     (throws ckbridge::Error if impossible)
 //   why_not(tensor, full, size)        -> optional msg  (the query: can this split be done?)
 //   full_shape(shard, size)            -> Shape         (sizes the merged tensor)
-// Model policies bind parameter kinds to these types (`using Policy = layout::SwiGLUInterleave;`).
+// A model's parameter kinds return one of these from their `layout(dims)` (model/param.hpp).
 #include <concepts>
 #include <optional>
 #include <string>

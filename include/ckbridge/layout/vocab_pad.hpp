@@ -102,4 +102,26 @@ constexpr Then<VocabPad, SplitDim> vocab_parallel(std::int64_t vocab, std::int64
   return then(vocab_pad(vocab, make_vocab_size_divisible_by, tp, pad_vocab_size_to), SplitDim{0});
 }
 
+// The embedding / output-layer policy for any parallel size: at size n it is vocab_parallel(...,
+// n, ...), i.e. Then<VocabPad, SplitDim> with the padding that n ranks need (size 1: the padding
+// alone, as for a replicated copy).
+struct VocabParallel {
+  std::int64_t vocab = 0;                           // real rows
+  std::int64_t make_vocab_size_divisible_by = 128;  // per rank
+  std::int64_t pad_vocab_size_to = 0;               // 0 = unset
+
+  constexpr Then<VocabPad, SplitDim> at(int size) const {
+    return vocab_parallel(vocab, make_vocab_size_divisible_by, size, pad_vocab_size_to);
+  }
+  std::optional<std::string> why_not(std::string_view tensor, const Shape& full, int size) const {
+    if (auto w = detail::bad_size(tensor, full, size)) return w;
+    return at(size).why_not(tensor, full, size);
+  }
+  ShardMap shard_map(std::string_view tensor, const Shape& full, int rank, int size) const {
+    detail::require(detail::bad_size(tensor, full, size));
+    return at(size).shard_map(tensor, full, rank, size);
+  }
+  Shape full_shape(const Shape& shard, int size) const { return at(size).full_shape(shard, size); }
+};
+
 }  // namespace ckbridge::layout

@@ -1,41 +1,32 @@
 #pragma once
-// Llama 3 / 3.1 (dense decoder, GQA attention, SwiGLU MLP, RMSNorm, untied output layer): the
-// parameter kinds, each bound to its TP rule, placement and FP8 treatment. As for every model,
-// names are not here: configs/llama3/ckpt_convert/llama3_convert.yaml maps each common name to
-// its HF and MCore names (LoongForge's TE naming: the input norm is
+// Llama 3 / 3.1 (dense decoder, GQA attention, SwiGLU MLP, RMSNorm, untied output layer) as a
+// model policy: shared kinds only (model/common.hpp), its MCore args and its config.json writer.
+// As for every model, names are not here: configs/llama3/ckpt_convert/llama3_convert.yaml maps
+// each common name to its HF and MCore names (LoongForge's TE naming: the input norm is
 // `self_attention.linear_qkv.layer_norm_weight`, the post-attention norm
 // `mlp.linear_fc1.layer_norm_weight`). HF's q_proj, k_proj and v_proj are one instance
-// ("attention.query_key_value", a three-name list in the YAML) laid out by TpRule::GroupedQkv.
+// ("attention.query_key_value", a three-name list in the YAML) laid out by kinds::Qkv.
 // docs/adding-a-model.md walks through this file as the worked example.
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+
 #include <string>
 #include <string_view>
 #include <tuple>
 
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/core/error.hpp"
-#include "ckbridge/core/shape.hpp"
-#include "ckbridge/model/param.hpp"
+#include "ckbridge/model/common.hpp"
 
 namespace ckbridge::model {
 
 struct Llama3 {
   static constexpr std::string_view name = "llama3";
-  using params = std::tuple<
-      // ---- globals
-      Param<"word_embeddings", TpRule::VocabRows, Where::FirstStage>,
-      Param<"final_layernorm", TpRule::Replicate, Where::LastStage>,
-      Param<"word_embeddings_for_head", TpRule::VocabRows, Where::LastStage>,
-      // ---- attention, every layer
-      Param<"input_layernorm", TpRule::Replicate, Where::Layer>,
-      Param<"attention.query_key_value", TpRule::GroupedQkv, Where::Layer, Fp8::Blockwise>,
-      Param<"attention.dense", TpRule::Cols, Where::Layer, Fp8::Blockwise>,
-      // ---- MLP, every layer
-      Param<"post_attention_layernorm", TpRule::Replicate, Where::Layer>,
-      Param<"mlp.dense_h_to_4h", TpRule::GateUp, Where::Layer, Fp8::Blockwise>,
-      Param<"mlp.dense_4h_to_h", TpRule::Cols, Where::Layer, Fp8::Blockwise>>;
-  using mtp_copies = std::tuple<>;  // no MTP blocks
+  using params = std::tuple<kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,  //
+                            kinds::InputNorm, kinds::Qkv, kinds::AttentionDense,          // attention
+                            kinds::PostAttentionNorm, kinds::MlpFc1<>, kinds::MlpFc2<>>;  // MLP
 
-  // Checks what the shape rule relies on (the config reader checks the rest).
+  // Refuses what the kinds above cannot describe (the config reader checks the rest).
   static void check(const config::ModelConfig& c) {
     if (c.multi_latent_attention)
       fail("llama3: the model config describes multi-latent attention (kv_lora_rank, multi_latent_attention); "
@@ -46,23 +37,49 @@ struct Llama3 {
     if (!c.untie_embeddings_and_output_weights)
       fail("llama3: tied embeddings (untie_embeddings_and_output_weights: false) are not supported");
   }
+  static ArgList mcore_args(const config::ModelConfig& c) { return kinds::gqa_mcore_args(c); }
 
-  // The full (HF-side, unsharded) shape of a parameter kind; [q; k; v] and [gate; up] are the
-  // dim-0 concatenations of their HF tensors.
-  static Shape full_shape(std::string_view common, const config::ModelConfig& c) {
-    const std::int64_t H = c.hidden_size, hd = c.head_dim();
-    if (common == "word_embeddings" || common == "word_embeddings_for_head") return {c.vocab_size, H};
-    if (common == "final_layernorm" || common == "input_layernorm" || common == "post_attention_layernorm") return {H};
-    if (common == "attention.query_key_value") return {(c.num_attention_heads + 2 * c.num_query_groups) * hd, H};
-    if (common == "attention.dense") return {H, c.num_attention_heads * hd};
-    if (common == "mlp.dense_h_to_4h") return {2 * c.ffn_hidden_size, H};
-    if (common == "mlp.dense_4h_to_h") return {H, c.ffn_hidden_size};
-    fail("llama3: no shape rule for parameter '", common, "'");
-  }
-  static bool hf_float32(std::string_view) { return false; }
-  // HF config.json in the LlamaForCausalLM schema.
+  // HF config.json of a Llama 3 (LlamaForCausalLM) model: dense SwiGLU MLP, GQA attention, RMSNorm,
+  // keys in a stable (sorted) order like transformers writes them. YaRN rope scaling and MoE do not
+  // exist in this schema and are refused.
   static std::string hf_config_json(const config::ModelConfig& c, const config::HfJsonOptions& o) {
-    return config::to_hf_llama_config_json(c, o);
+    c.validate("model config");
+    if (c.multi_latent_attention) fail("model config: multi-latent attention has no Llama config.json form");
+    if (c.num_experts != 0) fail("model config: key 'num_experts': ", c.num_experts, " experts; a Llama model is dense");
+    if (c.mtp_num_layers != 0) fail("model config: key 'mtp_num_layers': a Llama config.json has no MTP layers");
+    if (c.rope_scaling) fail("model config: YaRN rope scaling has no Llama config.json form (set rope_type: rope)");
+    rapidjson::StringBuffer sb;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+    w.SetIndent(' ', 2);
+    w.StartObject();
+    w.Key("architectures"); w.StartArray(); w.String("LlamaForCausalLM"); w.EndArray();
+    w.Key("attention_bias"); w.Bool(false);
+    w.Key("attention_dropout"); w.Double(0.0);
+    w.Key("bos_token_id"); w.Int(0);
+    w.Key("eos_token_id"); w.Int(1);
+    w.Key("head_dim"); w.Int64(c.head_dim());
+    w.Key("hidden_act"); w.String("silu");
+    w.Key("hidden_size"); w.Int64(c.hidden_size);
+    w.Key("initializer_range"); w.Double(0.02);
+    w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
+    w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
+    w.Key("mlp_bias"); w.Bool(false);
+    w.Key("model_type"); w.String("llama");
+    w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
+    w.Key("num_hidden_layers"); w.Int64(c.num_layers);
+    w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
+    w.Key("pretraining_tp"); w.Int(1);
+    if (o.fp8_quantization_config) config::write_fp8_quantization_config(w, o);
+    w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
+    w.Key("rope_scaling"); w.Null();
+    w.Key("rope_theta"); w.Double(c.rotary_base);
+    w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
+    w.Key("torch_dtype"); w.String(o.dtype.c_str());
+    w.Key("transformers_version"); w.String(o.transformers_version.c_str());
+    w.Key("use_cache"); w.Bool(true);
+    w.Key("vocab_size"); w.Int64(c.vocab_size);
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize()) + "\n";
   }
 };
 

@@ -1,13 +1,18 @@
 #pragma once
-// Building blocks of a model policy: a parameter kind is a compile-time record binding a
-// common name (the key of the convert YAML's name_map) to its TP rule, its placement and its
-// FP8 treatment. A model policy is a type list of these records; the planner walks it.
-#include <array>
+// Building blocks of a model policy. A parameter kind is a small type: it derives from
+// Param<common name, placement, FP8 treatment> and carries its own layout and shape,
+//   struct Qkv : Param<"attention.query_key_value", Where::Layer, Fp8::Blockwise> {
+//     static layout::GroupedQkv layout(const Dims& d);  // how TP ranks cut the full tensor
+//     static Shape shape(const Dims& d);                 // the full (HF-side) shape
+//   };
+// The common name is the key of the convert YAML's name_map (names are configuration, not code).
+// A model policy is a type list of kinds; model/spec.hpp turns it once into a run-time ModelSpec.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
-#include <tuple>
-#include <utility>
+
+#include "ckbridge/config/model_config.hpp"
+#include "ckbridge/core/shape.hpp"
 
 namespace ckbridge::model {
 
@@ -19,16 +24,6 @@ struct fixed_string {
     for (std::size_t i = 0; i < N; ++i) s[i] = a[i];
   }
   constexpr std::string_view view() const { return {s, N - 1}; }
-};
-
-// How a full tensor is cut across tensor-parallel ranks (layout/ implements each rule).
-enum class TpRule : std::uint8_t {
-  Replicate,  // same tensor on every rank
-  Rows,       // split dim 0 in equal contiguous chunks
-  Cols,       // split dim 1
-  GateUp,     // [gate; up] along dim 0, each rank holds [gate_r; up_r] (SwiGLU fc1)
-  VocabRows,  // pad rows to the padded vocabulary (copies of the last row), then Rows
-  GroupedQkv, // [q; k; v] of GQA attention reordered by query group, whole groups per rank (linear_qkv)
 };
 
 // Where instances of a parameter live.
@@ -53,13 +48,24 @@ enum class Fp8 : std::uint8_t {
 // Which TP group splits the parameter: attention/dense TP, or expert TP.
 enum class TpGroup : std::uint8_t { Tensor, Expert };
 
-template <fixed_string Common, TpRule Rule, Where W, Fp8 F = Fp8::Never, TpGroup G = TpGroup::Tensor>
+// What a kind's layout and shape rules read: the model's dims and the run's vocabulary padding.
+struct Dims {
+  config::ModelConfig model;                        // vocab_size is the unpadded vocabulary
+  std::int64_t make_vocab_size_divisible_by = 128;  // per TP rank (--make_vocab_size_divisible_by)
+  std::int64_t pad_vocab_size_to = 0;               // --pad_vocab_size_to (0: unset)
+};
+
+// The compile-time record every kind derives from. A kind may also declare
+//   static std::vector<std::int64_t> hf_parts(const Dims&)  rows of each HF tensor it concatenates
+//                                                           along dim 0 (default: equal parts)
+//   static constexpr bool hf_float32 = true;                HF keeps it in float32
+template <fixed_string Common, Where W, Fp8 F = Fp8::Never, TpGroup G = TpGroup::Tensor>
 struct Param {
   static constexpr std::string_view common = Common.view();
-  static constexpr TpRule tp_rule = Rule;
   static constexpr Where where = W;
   static constexpr Fp8 fp8 = F;
   static constexpr TpGroup tp_group = G;
+  static constexpr bool hf_float32 = false;
 };
 
 // An HF tensor of each MTP block that duplicates a global one (DeepSeek's MTP embedding and head
@@ -69,34 +75,5 @@ struct MtpCopy {
   static constexpr std::string_view copy = Copy.view();
   static constexpr std::string_view of = Of.view();
 };
-
-// Run-time copy of a Param record (what the planner stores per tensor).
-struct ParamKind {
-  std::string_view common;
-  TpRule tp_rule;
-  Where where;
-  Fp8 fp8;
-  TpGroup tp_group;
-};
-
-template <class P>
-constexpr ParamKind kind_of() {
-  return {P::common, P::tp_rule, P::where, P::fp8, P::tp_group};
-}
-
-// Calls f.template operator()<P>() for every Param P of a policy's `params` tuple, in order.
-template <class Tuple, class F>
-constexpr void for_each_param(F&& f) {
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    (f.template operator()<std::tuple_element_t<I, Tuple>>(), ...);
-  }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
-}
-
-template <class Tuple>
-constexpr std::array<ParamKind, std::tuple_size_v<Tuple>> param_kinds() {
-  return [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return std::array<ParamKind, sizeof...(I)>{kind_of<std::tuple_element_t<I, Tuple>>()...};
-  }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
-}
 
 }  // namespace ckbridge::model
