@@ -12,7 +12,7 @@ WORK=${2:-${TMPDIR:-/tmp}/ckbridge-bench-convert}
 BIN=$BUILD/examples
 CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
 CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
-cmake --build "$BUILD" --target deepseek_v3_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
+cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
 mkdir -p "$WORK"
 if [[ ! -f $WORK/hf/config.json ]]; then
   rm -rf "$WORK/hf"
@@ -66,7 +66,7 @@ rows=()
 for w in 1 2 4; do
   [[ $w -gt $(($(nproc) * 2)) ]] && continue
   rm -rf "$WORK/out"
-  read -r _ S RSS ANON < <(measure "w$w" "$BIN/deepseek_v3_convert" --load_platform huggingface --save_platform mcore \
+  read -r _ S RSS ANON < <(measure "w$w" "$BIN/ckbridge_convert" --load_platform huggingface --save_platform mcore \
     --config_file "$CFG" --convert_file "$CONV" --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/out" \
     --tensor_model_parallel_size 8 --expert_parallel_size 8 --expert_tensor_parallel_size 1 --moe-grouped-gemm \
     --safetensors --max_workers "$w" -q)

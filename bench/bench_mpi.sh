@@ -14,7 +14,7 @@ BIN=$BUILD/examples
 CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
 CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
 command -v mpirun >/dev/null || { echo "mpirun not found (scripts/setup.sh installs openmpi-bin)"; exit 1; }
-cmake --build "$BUILD" --target deepseek_v3_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
+cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
 grep -q "CKBRIDGE_HAVE_MPI:INTERNAL=ON" "$BUILD/CMakeCache.txt" || { echo "$BUILD was configured without MPI (CKBRIDGE_MPI)"; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
@@ -45,7 +45,7 @@ rows=() ranks=()
 for spec in "1 1" "1 2" "2 1"; do
   read -r n w <<<"$spec"
   rm -rf "$WORK/out"
-  S=$(secs mpirun --oversubscribe -np "$n" "$BIN/deepseek_v3_convert" "${ARGS[@]}" --max_workers "$w" --distributed_convert)
+  S=$(secs mpirun --oversubscribe -np "$n" "$BIN/ckbridge_convert" "${ARGS[@]}" --max_workers "$w" --distributed_convert)
   OUT_BYTES=$(du -sb "$WORK/out" | cut -f1)
   rows+=("$(printf '%-36s %8.2f %8.2f %8.2fx' "mpirun -np $n, --max_workers $w" "$S" \
     "$(echo "$OUT_BYTES / $S / 1000000000" | bc -l)" "$(echo "$S / $CP_S" | bc -l)")")

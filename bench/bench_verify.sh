@@ -17,7 +17,7 @@ RUNS=${3:-3}
 BIN=$BUILD/examples
 CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
 CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
-cmake --build "$BUILD" --target deepseek_v3_convert make_tiny_checkpoint ckbridge_verify -j"$(nproc)" >/dev/null
+cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint ckbridge_verify -j"$(nproc)" >/dev/null
 mkdir -p "$WORK"
 if [[ ! -f $WORK/hf/config.json ]]; then
   rm -rf "$WORK/hf"
@@ -26,7 +26,7 @@ if [[ ! -f $WORK/hf/config.json ]]; then
 fi
 if [[ ! -f $WORK/mcore/ckbridge-manifest.json ]]; then
   rm -rf "$WORK/mcore"
-  "$BIN/deepseek_v3_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" --convert_file "$CONV" \
+  "$BIN/ckbridge_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" --convert_file "$CONV" \
     --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/mcore" --tensor_model_parallel_size 8 --expert_parallel_size 8 \
     --expert_tensor_parallel_size 1 --moe-grouped-gemm --safetensors --max_workers "$(nproc)" -q >/dev/null
 fi

@@ -17,8 +17,8 @@ MAX_OUT_GB=${4:-25}
 WORKERS=${5:-2}
 MIN_FREE_GB=${MIN_FREE_GB:-20}
 INTERVAL=${INTERVAL:-3}
-BIN=$BUILD/examples/deepseek_v3_convert
-[[ -x $BIN ]] || { echo "build deepseek_v3_convert first ($BIN)"; exit 1; }
+BIN=$BUILD/examples/ckbridge_convert
+[[ -x $BIN ]] || { echo "build ckbridge_convert first ($BIN)"; exit 1; }
 mkdir -p "$WORK"
 SRC=$WORK/dsv3-sparse
 OUT=$WORK/out

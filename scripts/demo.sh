@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCKB_TEST_PYTHON="$PWD/.venv/bin/python" >/dev/null
-cmake --build build -j"$(nproc)" --target deepseek_v3_convert make_tiny_checkpoint
+cmake --build build -j"$(nproc)" --target ckbridge_convert make_tiny_checkpoint
 exec bash examples/deepseek_v3/round_trip.sh build "${1:-build/demo}"

@@ -20,7 +20,7 @@ mkdir -p "$WORK"
 convert() {  # convert <from> <to> <src> <dst> [flags...]
   local from=$1 to=$2 src=$3 dst=$4
   shift 4
-  "$BIN/deepseek_v3_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
+  "$BIN/ckbridge_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
     --load_ckpt_path "$src" --save_ckpt_path "$dst" --safetensors --max_workers 2 --hf_max_shard_size 4MB -q "$@"
 }
 

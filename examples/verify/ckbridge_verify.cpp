@@ -138,7 +138,7 @@ std::string to_json(const Side& a, const Side& b, const convert::VerifyReport& r
 int main(int argc, char** argv) {
   CLI::App app{"ckbridge_verify: compare two checkpoints of one model (HF safetensors or MCore legacy, any layout)"};
   app.option_defaults()->always_capture_default();
-  std::string config_file, convert_file, model = "deepseek_v3", json_out;
+  std::string config_file, convert_file, model, json_out;
   std::string path_a, path_b;
   double tolerance = 0.08;
   unsigned threads = 0;
@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
   app.add_option("--manifest", manifest_dir, "check the ckbridge output in this directory against its ckbridge-manifest.json");
   app.add_option("--config_file", config_file, "model YAML (LoongForge schema), as for the converter");
   app.add_option("--convert_file", convert_file, "convert YAML (name map), as for the converter");
-  app.add_option("--model", model, "model policy")->check(CLI::IsMember(examples::kModelNames));
+  app.add_option("--model", model, "model policy (default: chosen as the converter does, from A's config.json and the model YAML)")->check(CLI::IsMember(examples::kModelNames));
   app.add_option("--mtp_num_layers", mtp_num_layers, "override the model's MTP layer count, as for the converter");
   app.add_option("--tolerance", tolerance,
                  "FP8 vs BF16/F32 and cross-dtype comparisons: max |a-b| / max|b| per tensor (E4M3 rounding with "
@@ -187,7 +187,9 @@ int main(int argc, char** argv) {
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
     config::ModelConfig mc = cfg.model;
     if (mtp_num_layers) mc.mtp_num_layers = *mtp_num_layers;
-    const model::ModelSpec& spec = examples::model_spec(model);
+    std::optional<examples::HfIdentity> hf_id = examples::hf_identity(path_a);
+    if (!hf_id) hf_id = examples::hf_identity(path_b);
+    const model::ModelSpec& spec = *examples::choose_model(model, mc, hf_id).spec;
     const convert::ModelShape shape = convert::model_shape_of(spec, mc);
     Side a, b;
     a.path = path_a;

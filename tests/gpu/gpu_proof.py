@@ -240,13 +240,13 @@ def build_hf(work, d, seed):
 class Converter:
     def __init__(self, bindir, work, device_ok):
         self.bin = None
-        for name in ('deepseek_v3_convert_cuda', 'deepseek_v3_convert'):
+        for name in ('ckbridge_convert_cuda', 'ckbridge_convert'):
             p = os.path.join(bindir, name)
             if os.access(p, os.X_OK):
                 self.bin = p
                 break
         if not self.bin:
-            raise RuntimeError('no deepseek_v3_convert[_cuda] in %s' % bindir)
+            raise RuntimeError('no ckbridge_convert[_cuda] in %s' % bindir)
         self.cuda_capable = self.bin.endswith('_cuda') and device_ok
         self.work = work
         self.seconds = 0.0
@@ -617,7 +617,7 @@ def check_device(conv, work):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--bin', required=True, help='directory with deepseek_v3_convert_cuda or deepseek_v3_convert')
+    ap.add_argument('--bin', required=True, help='directory with ckbridge_convert_cuda or ckbridge_convert')
     ap.add_argument('--work', required=True, help='scratch directory (replaced)')
     ap.add_argument('--seed', type=int, default=1234)
     ap.add_argument('--allow-not-run', action='store_true', help='NOT RUN rows do not fail the run')

@@ -7,7 +7,7 @@
 #   tests/gpu/run_convert_gpu.sh --prepare [DIST]  on a build machine with the C++ dependencies and
 #                                                  PyPI access: build the converter, collect what
 #                                                  the GPU machine lacks into DIST
-# DIST holds bin/deepseek_v3_convert_cuda (static libstdc++/libgcc/cudart), lib/ (yaml-cpp) and
+# DIST holds bin/ckbridge_convert_cuda (static libstdc++/libgcc/cudart), lib/ (yaml-cpp) and
 # wheels/ (megatron-core, installed into a private --target directory when megatron.core is not
 # importable). Without DIST the run builds the converter itself with CMake (needs Eigen, yaml-cpp,
 # RapidJSON, CLI11, zlib). Needs python3 with torch >= 2.6, transformers 5.x, safetensors, pyyaml.
@@ -25,11 +25,11 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCKBRIDGE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCKBRIDGE_BUILD_TESTS=OFF -DCKBRIDGE_BUILD_BENCH=OFF "-DCMAKE_EXE_LINKER_FLAGS=-static-libstdc++ -static-libgcc"
-  make -C "$BUILD" -j"$(nproc)" deepseek_v3_convert_cuda
+  make -C "$BUILD" -j"$(nproc)" ckbridge_convert_cuda
   mkdir -p "$DIST/bin" "$DIST/lib" "$DIST/wheels"
-  cp "$BUILD/examples/deepseek_v3_convert_cuda" "$DIST/bin/"
+  cp "$BUILD/examples/ckbridge_convert_cuda" "$DIST/bin/"
   # shared libraries a bare CUDA image may lack (yaml-cpp); libc, libm, libz are assumed there
-  ldd "$DIST/bin/deepseek_v3_convert_cuda" | awk '/yaml-cpp/ {print $3}' | xargs -r -I{} cp -L {} "$DIST/lib/"
+  ldd "$DIST/bin/ckbridge_convert_cuda" | awk '/yaml-cpp/ {print $3}' | xargs -r -I{} cp -L {} "$DIST/lib/"
   "$PY" -m pip download --no-deps --only-binary=:all: --python-version "${CKB_TARGET_PY:-3.12}" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$DIST/wheels" "megatron-core==$MEGATRON_CORE_VERSION"
@@ -38,10 +38,10 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 DIST=${1:-gpubuild-conv/dist}
-if [ ! -x "$DIST/bin/deepseek_v3_convert_cuda" ] && [ ! -x "$DIST/bin/deepseek_v3_convert" ]; then
+if [ ! -x "$DIST/bin/ckbridge_convert_cuda" ] && [ ! -x "$DIST/bin/ckbridge_convert" ]; then
   echo "no prebuilt converter in $DIST/bin: building with CMake"
   BUILD=${DIST%/}.build
-  if command -v nvcc >/dev/null 2>&1; then cuda=ON; target=deepseek_v3_convert_cuda; else cuda=OFF; target=deepseek_v3_convert; fi
+  if command -v nvcc >/dev/null 2>&1; then cuda=ON; target=ckbridge_convert_cuda; else cuda=OFF; target=ckbridge_convert; fi
   if ! cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCKBRIDGE_CUDA=$cuda -DCMAKE_CUDA_ARCHITECTURES=90 \
         -DCKBRIDGE_BUILD_TESTS=OFF -DCKBRIDGE_BUILD_BENCH=OFF >"$BUILD.log" 2>&1 ||
      ! make -C "$BUILD" -j"$(nproc)" "$target" >>"$BUILD.log" 2>&1; then

@@ -7,7 +7,7 @@
 #
 # LOONGFORGE_SRC  a checkout of LoongForge (the run records its commit when it is a git checkout)
 # PYTHON          the Python that runs LoongForge and the comparison helper (compare_mcore.py)
-# CKBRIDGE_BUILD  a ckbridge build tree with examples/deepseek_v3_convert and deepseek_v3_make_tiny
+# CKBRIDGE_BUILD  a ckbridge build tree with examples/ckbridge_convert and deepseek_v3_make_tiny
 # WORK            scratch directory: new, empty, or one this script made (then emptied first);
 #                 default: a new temporary directory
 # Environment: LAYOUTS="name ..." runs only the named layouts (names as in the table).
@@ -54,7 +54,7 @@ fi
 rm -rf "${WORK:?}"/*
 touch "$WORK/.loongforge_interop"
 HERE=$REPO/tests/interop
-CONV=$BUILD/examples/deepseek_v3_convert
+CONV=$BUILD/examples/ckbridge_convert
 MAKE_TINY=$BUILD/examples/deepseek_v3_make_tiny
 CFG=$REPO/configs/deepseek_v3/deepseek_v3_tiny.yaml
 CKB_CONV_YAML=$REPO/configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml

@@ -1,6 +1,6 @@
 """Acceptance tests of the DeepSeek V3 converter (examples/deepseek_v3) against independent expectations.
 
-Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and deepseek_v3_convert on the tiny model of
+Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and ckbridge_convert on the tiny model of
 configs/deepseek_v3/deepseek_v3_tiny.yaml and checks, without using any of the converter's code:
   1. HF -> MCore in several layouts (TP/PP/EP/ETP, grouped and sequential experts, custom pipeline
      split, BF16 source with and without --convert_to_fp8, TP 4 with FP8 re-quantization);
@@ -46,7 +46,7 @@ from ckb_numpy import (E4M3_F32, ST_DTYPES, aligned, balanced, bf16_to_f32, dequ
 
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
+CONVERT = os.path.join(BUILD, 'examples', 'ckbridge_convert')
 MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
 CFG = os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
 CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')
@@ -574,7 +574,7 @@ def check_back_close(src_hf, out_hf, exact_ok, steps):
 def main():
     for p in (CONVERT, MAKE_TINY):
         if not os.path.exists(p):
-            print('missing %s (build the deepseek_v3_convert and deepseek_v3_make_tiny targets)' % p)
+            print('missing %s (build the ckbridge_convert and deepseek_v3_make_tiny targets)' % p)
             print('0 passed, 1 failed')
             return 1
     work = tempfile.mkdtemp(prefix='ckb_convert_ds_')

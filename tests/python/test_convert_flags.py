@@ -1,4 +1,4 @@
-"""Converter-level tests of the documented flags of deepseek_v3_convert (README, --help) that
+"""Converter-level tests of the documented flags of ckbridge_convert (README, --help) that
 test_convert_deepseek.py does not exercise, and refusals of damaged MCore sources.
 
 Each case runs the converter on the tiny model (configs/deepseek_v3/deepseek_v3_tiny.yaml) and checks

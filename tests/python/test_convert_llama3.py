@@ -1,6 +1,6 @@
 """Acceptance tests of the second model family, Llama 3 (dense, GQA), against independent expectations.
 
-Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and deepseek_v3_convert with --model llama3 on
+Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and ckbridge_convert with --model llama3 on
 the tiny model of configs/llama3/llama3_tiny.yaml and checks, without using any of the converter's code:
   1. the generated HF checkpoint: Llama's tensor names and shapes, LlamaForCausalLM config.json;
   2. HF -> MCore (BF16 and FP8 sources; TP 1/2, PP 1/2/4; --convert_to_fp8): every rank file loaded
@@ -41,7 +41,7 @@ from ckb_numpy import bf16_to_f32, dequant, is_pow2, quant_te, read_hf, t2np  # 
 
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
+CONVERT = os.path.join(BUILD, 'examples', 'ckbridge_convert')
 MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
 CFG = os.path.join(SRC, 'configs', 'llama3', 'llama3_tiny.yaml')
 CONV = os.path.join(SRC, 'configs', 'llama3', 'ckpt_convert', 'llama3_convert.yaml')
@@ -397,7 +397,7 @@ def run_all(work):
 def main():
     for p in (CONVERT, MAKE_TINY):
         if not os.path.exists(p):
-            print('missing %s (build the deepseek_v3_convert and make_tiny_checkpoint targets)' % p)
+            print('missing %s (build the ckbridge_convert and make_tiny_checkpoint targets)' % p)
             print('0 passed, 1 failed')
             return 1
     work = tempfile.mkdtemp(prefix='ckb_convert_llama3_')

@@ -1,7 +1,7 @@
 """Qwen3 dense (q/k norms) through LoongForge's own qwen3_convert.yaml (a byte-identical copy in
 configs/qwen3/ckpt_convert/), against independent numpy expectations.
 
-Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and deepseek_v3_convert with --model qwen3 on the
+Drives $CKB_BUILD_DIR/examples/deepseek_v3_make_tiny and ckbridge_convert with --model qwen3 on the
 tiny model of configs/qwen3/qwen3_tiny.yaml: HF -> MCore at TP 2 PP 2 (BF16 and FP8 sources), every
 rank file loaded with torch.load (TE classes from tests/python/te_stub) and every tensor compared byte
 for byte with numpy built from the HF files (linear_qkv per query group [q heads; k; v], whole groups

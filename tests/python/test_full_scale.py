@@ -1,7 +1,7 @@
 """The HF -> MCore planner at real scale, on sparse full-size checkpoints.
 
 tests/tools/make_sparse_checkpoint.py writes DeepSeek-V3 671B (FP8, 688.6 GB of tensor data) and
-Kimi K2 (1T) as sparse files: exact headers and index, data left as holes. deepseek_v3_convert
+Kimi K2 (1T) as sparse files: exact headers and index, data left as holes. ckbridge_convert
 --dry-run plans LoongForge's example layouts on them; every rank file it lists (name, tensor count,
 exact bytes) is checked against an expectation computed here, independently of the converter, from
 the safetensors headers and LoongForge's rules (reference: loongforge-converter.md §4-§6):
@@ -34,7 +34,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
+CONVERT = os.path.join(BUILD, 'examples', 'ckbridge_convert')
 GEN = os.path.join(SRC, 'tests', 'tools', 'make_sparse_checkpoint.py')
 CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')
 CFG = {'deepseek_v3': os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3.yaml'),
@@ -319,7 +319,7 @@ KIMI_LAYOUTS = [
 
 def main():
     if not os.path.exists(CONVERT):
-        print('missing %s (build deepseek_v3_convert first)' % CONVERT)
+        print('missing %s (build ckbridge_convert first)' % CONVERT)
         return 1
     work = tempfile.mkdtemp(prefix='ckb-full-scale-')
     try:

@@ -24,7 +24,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get('CKB_SOURCE_DIR', os.path.join(HERE, '..', '..'))
 BUILD = os.environ.get('CKB_BUILD_DIR', os.path.join(SRC, 'build'))
-CONVERT = os.path.join(BUILD, 'examples', 'deepseek_v3_convert')
+CONVERT = os.path.join(BUILD, 'examples', 'ckbridge_convert')
 MAKE_TINY = os.path.join(BUILD, 'examples', 'deepseek_v3_make_tiny')
 DS_CFG = os.path.join(SRC, 'configs', 'deepseek_v3', 'deepseek_v3_tiny.yaml')
 DS_CONV = os.path.join(SRC, 'configs', 'deepseek_v3', 'ckpt_convert', 'deepseek_v3_convert.yaml')

@@ -1,4 +1,4 @@
-"""HF <-> Megatron-Core torch_dist with deepseek_v3_convert --ckpt_format torch_dist, checked without
+"""HF <-> Megatron-Core torch_dist with ckbridge_convert --ckpt_format torch_dist, checked without
 the converter's code:
   1. DeepSeek-V3 tiny (MLA, MoE, MTP; local-spec names): the data files are byte-identical (size +
      sha256) to the ones Megatron-Core 0.16.1 wrote when it saved the same model

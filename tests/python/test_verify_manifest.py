@@ -224,7 +224,7 @@ def run_all(work):
         for root in (mc, hf_out):
             with open(os.path.join(root, 'ckbridge-manifest.json')) as f:
                 m = json.load(f)
-            assert m['tool'] == 'ckbridge' and m['arguments'][0].endswith('deepseek_v3_convert'), m['arguments'][:2]
+            assert m['tool'] == 'ckbridge' and m['arguments'][0].endswith('ckbridge_convert'), m['arguments'][:2]
             listed = {e['path']: e for e in m['files']}
             on_disk = sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns
                              if n != 'ckbridge-manifest.json')

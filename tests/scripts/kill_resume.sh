@@ -24,7 +24,7 @@ check() {  # check <name> <condition-exit-status>
 run() {  # run <from> <to> <src> <dst> [flags]
   local from=$1 to=$2 src=$3 dst=$4
   shift 4
-  ${EXEC:-} "$BIN/deepseek_v3_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
+  ${EXEC:-} "$BIN/ckbridge_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
     --load_ckpt_path "$src" --save_ckpt_path "$dst" --hf_max_shard_size 1MB -q "$@"
 }
 L=(--tensor_model_parallel_size 2 --pipeline_model_parallel_size 2 --expert_parallel_size 2 --moe-grouped-gemm)
@@ -127,7 +127,7 @@ msg=$(cd "$WORK/cwd" && run huggingface mcore "$WORK/hf" "" "${L[@]}" 2>&1 >/dev
 rc=$?
 [[ $rc -ne 0 && $msg == *"--save_ckpt_path: empty path"* && -z $(ls -A "$WORK/cwd") ]]
 check "F3 empty --save_ckpt_path refused, nothing written: $msg" $?
-msg=$(cd "$WORK/cwd" && "$BIN/deepseek_v3_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" \
+msg=$(cd "$WORK/cwd" && "$BIN/ckbridge_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" \
   --convert_file "$CONV" --load_ckpt_path "$WORK/hf" --save_ckpt_path= --safetensors -q 2>&1 >/dev/null)
 rc=$?
 [[ $rc -ne 0 && $msg == *"looks like a flag"* && -z $(ls -A "$WORK/cwd") ]]

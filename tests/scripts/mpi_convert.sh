@@ -33,8 +33,8 @@ args() {  # args <from> <to> <src> <dst> [flags]: the converter's arguments
   echo "--load_platform $from --save_platform $to --config_file $CFG --convert_file $CONV --load_ckpt_path $src"
   echo "--save_ckpt_path $dst --hf_max_shard_size 1MB --max_workers 2 -q $*"
 }
-run1() { "$BIN/deepseek_v3_convert" $(args "$@"); }                                  # one process
-runN() { local n=$1; shift; "${MPIRUN[@]}" -np "$n" "$BIN/deepseek_v3_convert" $(args "$@") --distributed_convert; }
+run1() { "$BIN/ckbridge_convert" $(args "$@"); }                                  # one process
+runN() { local n=$1; shift; "${MPIRUN[@]}" -np "$n" "$BIN/ckbridge_convert" $(args "$@") --distributed_convert; }
 same() {  # same <ref> <out>: every file byte-identical, and the manifests list the same hashes
   diff -r -x ckbridge-manifest.json "$1" "$2" >/dev/null || return 1
   python3 - "$1/ckbridge-manifest.json" "$2/ckbridge-manifest.json" <<'PY' || return 1
@@ -77,7 +77,7 @@ rc=$?
    $(find "$WORK/n4/fp8_hf_mcore" -type f -printf '%T@ %s %p\n' | sort | md5sum) == "$before" ]]
 check "np 2 over a finished output: already complete, nothing rewritten (exit $rc)" $?
 # each rank's share is reported (files, bytes) and the shares add up to the plan
-msg=$("${MPIRUN[@]}" -np 3 "$BIN/deepseek_v3_convert" $(args huggingface mcore "$WORK/hf_fp8" "$WORK/dry" "${L[@]}") \
+msg=$("${MPIRUN[@]}" -np 3 "$BIN/ckbridge_convert" $(args huggingface mcore "$WORK/hf_fp8" "$WORK/dry" "${L[@]}") \
   --distributed_convert --dry-run 2>&1)
 rc=$?
 files=$(echo "$msg" | sed -n 's/^rank [0-9]*: \([0-9]*\) files, .*/\1/p' | paste -sd+ | bc)
@@ -86,7 +86,7 @@ planned=$(echo "$msg" | sed -n 's/^plan: \([0-9]*\) output files.*/\1/p')
    ! -e $WORK/dry ]]
 check "np 3 --dry-run: one line per rank, $files files of $planned, nothing written (exit $rc)" $?
 # a job without --distributed_convert: refused on every rank, nothing written
-msg=$("${MPIRUN[@]}" -np 2 "$BIN/deepseek_v3_convert" $(args huggingface mcore "$WORK/hf_fp8" "$WORK/nodist" "${L[@]}") 2>&1)
+msg=$("${MPIRUN[@]}" -np 2 "$BIN/ckbridge_convert" $(args huggingface mcore "$WORK/hf_fp8" "$WORK/nodist" "${L[@]}") 2>&1)
 rc=$?
 [[ $rc -ne 0 && $(echo "$msg" | grep -c 'without --distributed_convert') -eq 2 && ! -e $WORK/nodist ]]
 check "np 2 without --distributed_convert: refused on both ranks (exit $rc)" $?
@@ -94,9 +94,9 @@ check "np 2 without --distributed_convert: refused on both ranks (exit $rc)" $?
 # one rank fails (rank 1 may write only 64 KiB per file: EFBIG): every rank exits non-zero with its
 # message, no tracker. (TCP between the ranks here: shared memory needs a larger file at MPI_Init.)
 out=$WORK/fail
-msg=$(OMPI_MCA_btl=self,tcp "${MPIRUN[@]}" -np 1 "$BIN/deepseek_v3_convert" $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}") --distributed_convert : \
-  -np 1 bash -c "trap '' XFSZ; ulimit -f 64; exec $BIN/deepseek_v3_convert $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}" | tr '\n' ' ') --distributed_convert" : \
-  -np 1 "$BIN/deepseek_v3_convert" $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}") --distributed_convert 2>&1)
+msg=$(OMPI_MCA_btl=self,tcp "${MPIRUN[@]}" -np 1 "$BIN/ckbridge_convert" $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}") --distributed_convert : \
+  -np 1 bash -c "trap '' XFSZ; ulimit -f 64; exec $BIN/ckbridge_convert $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}" | tr '\n' ' ') --distributed_convert" : \
+  -np 1 "$BIN/ckbridge_convert" $(args huggingface mcore "$WORK/hf_fp8" "$out" "${L[@]}") --distributed_convert 2>&1)
 rc=$?
 [[ $rc -ne 0 && $(echo "$msg" | grep -c 'error: rank 1: .*File too large') -eq 3 && ! -e $out/latest_checkpointed_iteration.txt &&
    ! -e $out/ckbridge-manifest.json ]]
@@ -114,9 +114,9 @@ kill_case() {  # kill_case <name> <n-killed-job> <n-rerun> <from> <to> <src> <fi
   bytes=$(du -sb "$WORK/ref/$name" | cut -f1)
   local a
   a=$(args "$from" "$to" "$src" "$out" "$@" | tr '\n' ' ')
-  local apps=(-np 1 "$BIN/deepseek_v3_convert" $a --distributed_convert : -np 1 env CKBRIDGE_TEST_KILL_AFTER_BYTES=$((bytes / n / 3)) \
-    "$BIN/deepseek_v3_convert" $a --distributed_convert)
-  [[ $n -gt 2 ]] && apps+=(: -np $((n - 2)) "$BIN/deepseek_v3_convert" $a --distributed_convert)
+  local apps=(-np 1 "$BIN/ckbridge_convert" $a --distributed_convert : -np 1 env CKBRIDGE_TEST_KILL_AFTER_BYTES=$((bytes / n / 3)) \
+    "$BIN/ckbridge_convert" $a --distributed_convert)
+  [[ $n -gt 2 ]] && apps+=(: -np $((n - 2)) "$BIN/ckbridge_convert" $a --distributed_convert)
   "${MPIRUN[@]}" "${apps[@]}" >/dev/null 2>&1
   local rc=$?
   [[ $rc -ne 0 && ! -e $out/$marker && ! -e $out/ckbridge-manifest.json && -d $out/.ckbridge-run ]]

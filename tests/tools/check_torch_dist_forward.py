@@ -6,7 +6,7 @@ make_torch_dist_fixtures.py).
 
 1. builds the tiny DeepSeek-V3 HF model of tests/gpu/gpu_proof.py (transformers, BF16 weights,
    MTP layer) and its reference logits (fp32, transformers);
-2. converts HF -> torch_dist with deepseek_v3_convert --ckpt_format torch_dist (local spec names);
+2. converts HF -> torch_dist with ckbridge_convert --ckpt_format torch_dist (local spec names);
 3. tests/gpu/mcore_forward.py builds Megatron-Core's GPTModel (local spec, fp32), loads the
    checkpoint with dist_checkpointing.load and runs one forward pass;
 4. the same for ckbridge's legacy (torch, tp1) output of the same HF model, loaded the legacy way;

@@ -159,7 +159,7 @@ def ds_tiny(build, dest):
         hf, td = os.path.join(work, 'hf'), os.path.join(work, 'td')
         subprocess.run([os.path.join(build, 'examples', 'deepseek_v3_make_tiny'), '--config_file', cfg, '--convert_file',
                         conv, '--out', hf, '--dtype', 'bf16'], check=True)
-        subprocess.run([os.path.join(build, 'examples', 'deepseek_v3_convert'), '--load_platform', 'huggingface',
+        subprocess.run([os.path.join(build, 'examples', 'ckbridge_convert'), '--load_platform', 'huggingface',
                         '--save_platform', 'mcore', '--config_file', cfg, '--convert_file', conv, '--load_ckpt_path', hf,
                         '--save_ckpt_path', td, '--safetensors', '-q', '--ckpt_format', 'torch_dist'], check=True)
         json.dump(gpu_proof.read_dims(cfg), open(os.path.join(work, 'dims.json'), 'w'))

@@ -93,6 +93,13 @@ struct MtpEhProj : Param<"mtp_eh_proj", Where::MtpBlock, Fp8::MtpProjection> {
 
 struct DeepSeekV3 {
   static constexpr std::string_view name = "deepseek_v3";
+  static constexpr std::string_view hf_architecture = "DeepseekV3ForCausalLM";
+
+  static void check(const config::ModelConfig& c) {
+    if (!c.multi_latent_attention)
+      fail("deepseek_v3: the model config describes grouped-query attention (multi_latent_attention: false); "
+           "DeepSeek V3 uses multi-latent attention");
+  }
   using params = std::tuple<
       kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,
       // attention, every layer
@@ -145,7 +152,7 @@ struct DeepSeekV3 {
     rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
     w.SetIndent(' ', 2);
     w.StartObject();
-    w.Key("architectures"); w.StartArray(); w.String("DeepseekV3ForCausalLM"); w.EndArray();
+    w.Key("architectures"); w.StartArray(); w.String(hf_architecture.data(), static_cast<rapidjson::SizeType>(hf_architecture.size())); w.EndArray();
     w.Key("attention_bias"); w.Bool(false);
     w.Key("attention_dropout"); w.Double(0.0);
     w.Key("bos_token_id"); w.Int(0);

@@ -22,6 +22,7 @@ namespace ckbridge::model {
 
 struct Llama3 {
   static constexpr std::string_view name = "llama3";
+  static constexpr std::string_view hf_architecture = "LlamaForCausalLM";
   using params = std::tuple<kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,  //
                             kinds::InputNorm, kinds::Qkv, kinds::AttentionDense,          // attention
                             kinds::PostAttentionNorm, kinds::MlpFc1<>, kinds::MlpFc2<>>;  // MLP
@@ -34,6 +35,7 @@ struct Llama3 {
     if (c.num_experts != 0) fail("llama3: the model config has num_experts ", c.num_experts, "; Llama 3 is dense");
     if (c.mtp_num_layers != 0)
       fail("llama3: the model config has mtp_num_layers ", c.mtp_num_layers, "; Llama 3 has none");
+    if (c.qk_layernorm) fail("llama3: key 'qk_layernorm' is true; Llama has no q/k norms (Qwen3 has)");
     if (!c.untie_embeddings_and_output_weights)
       fail("llama3: tied embeddings (untie_embeddings_and_output_weights: false) are not supported");
   }
@@ -52,7 +54,7 @@ struct Llama3 {
     rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
     w.SetIndent(' ', 2);
     w.StartObject();
-    w.Key("architectures"); w.StartArray(); w.String("LlamaForCausalLM"); w.EndArray();
+    w.Key("architectures"); w.StartArray(); w.String(hf_architecture.data(), static_cast<rapidjson::SizeType>(hf_architecture.size())); w.EndArray();
     w.Key("attention_bias"); w.Bool(false);
     w.Key("attention_dropout"); w.Double(0.0);
     w.Key("bos_token_id"); w.Int(0);

@@ -27,6 +27,7 @@ struct HeadNorm : Param<Name, Where::Layer> {
 
 struct Qwen3 {
   static constexpr std::string_view name = "qwen3";
+  static constexpr std::string_view hf_architecture = "Qwen3ForCausalLM";
   using params = std::tuple<kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,  //
                             kinds::InputNorm, kinds::Qkv, qwen3::HeadNorm<"attention.q_a_layernorm">,
                             qwen3::HeadNorm<"attention.kv_a_layernorm">, kinds::AttentionDense,  // attention
@@ -53,7 +54,7 @@ struct Qwen3 {
     rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
     w.SetIndent(' ', 2);
     w.StartObject();
-    w.Key("architectures"); w.StartArray(); w.String("Qwen3ForCausalLM"); w.EndArray();
+    w.Key("architectures"); w.StartArray(); w.String(hf_architecture.data(), static_cast<rapidjson::SizeType>(hf_architecture.size())); w.EndArray();
     w.Key("attention_bias"); w.Bool(false);
     w.Key("attention_dropout"); w.Double(0.0);
     w.Key("bos_token_id"); w.Int(0);

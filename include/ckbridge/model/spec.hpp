@@ -62,6 +62,8 @@ struct MtpCopyKind {
 
 struct ModelSpec {
   std::string_view name;
+  std::string_view hf_architecture;  // config.json `architectures[0]` of the family (empty: unknown)
+  std::string_view hf_model_type;    // config.json `model_type` when it tells families apart (else empty)
   std::vector<ParamKind> params;      // in policy order (the canonical tensor order)
   std::vector<MtpCopyKind> mtp_copies;
   void (*check)(const config::ModelConfig&) = nullptr;  // refuses configs the family cannot describe
@@ -105,6 +107,8 @@ ParamKind kind_of() {
 // The run-time spec of a model policy:
 //   struct Family {
 //     static constexpr std::string_view name = "...";
+//     static constexpr std::string_view hf_architecture = "...ForCausalLM";  // optional
+//     static constexpr std::string_view hf_model_type = "...";             // optional
 //     using params = std::tuple<Kind...>;                 // each a Param-derived kind
 //     using mtp_copies = std::tuple<MtpCopy<...>...>;     // optional
 //     static void check(const config::ModelConfig&);      // optional
@@ -121,6 +125,8 @@ ModelSpec spec_of() {
   }, "a model policy writes its own HF config.json: static std::string hf_config_json(config, options)");
   ModelSpec s;
   s.name = Policy::name;
+  if constexpr (requires { Policy::hf_architecture; }) s.hf_architecture = Policy::hf_architecture;
+  if constexpr (requires { Policy::hf_model_type; }) s.hf_model_type = Policy::hf_model_type;
   [&]<class... K>(std::type_identity<std::tuple<K...>>) {
     static_assert((detail::Kind<K> && ...), "every parameter kind needs static layout(const Dims&) and shape(const Dims&)");
     (s.params.push_back(detail::kind_of<K>()), ...);

@@ -1,6 +1,7 @@
-// deepseek_v3_convert: HF <-> Megatron-Core checkpoint conversion for DeepSeek V3 / V3.1 (and any
-// model of that architecture, sized by the model YAML). Accepts LoongForge's flags with the same
-// names and meanings, so its example scripts run with only the program name changed.
+// ckbridge_convert: HF <-> Megatron-Core checkpoint conversion for every model family ckbridge
+// knows (examples/common/models.hpp; --model, or chosen from the HF config.json and the model YAML).
+// Accepts LoongForge's flags with the same names and meanings, so its example scripts run with only
+// the program name changed. Its first name, deepseek_v3_convert, still works.
 #include <CLI/CLI.hpp>
 
 #include <atomic>
@@ -53,7 +54,7 @@ struct Flags {
   std::optional<std::int64_t> vocab_size;
   std::string device = "auto", te_version = "2.9", hf_max_shard_size = "5GB";
   std::string megatron_path, hf_config_file;
-  std::string model = "deepseek_v3";
+  std::string model;  // empty: chosen from the HF config.json and the model YAML
   std::string ckpt_format = "torch";
 };
 
@@ -135,7 +136,7 @@ void print_memory(const char* when) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ckbridge DeepSeek V3 checkpoint converter (HuggingFace <-> Megatron-Core), LoongForge-compatible flags"};
+  CLI::App app{"ckbridge checkpoint converter, every model family (HuggingFace <-> Megatron-Core), LoongForge-compatible flags"};
   app.option_defaults()->always_capture_default();
   Flags f;
   // ---- LoongForge's checkpoint group
@@ -143,7 +144,9 @@ int main(int argc, char** argv) {
   app.add_option("--save_platform", f.save_platform, "target format")->required()->check(CLI::IsMember({"huggingface", "mcore"}));
   app.add_option("--config_file", f.config_file, "model YAML (LoongForge schema), e.g. configs/deepseek_v3/deepseek_v3.yaml")->required();
   app.add_option("--convert_file", f.convert_file, "convert YAML (name map)")->required();
-  app.add_option("--model", f.model, "model policy; tensor names and shapes come from the YAMLs")
+  app.add_option("--model", f.model,
+                 "model policy (default: the family whose HF architecture matches the source's config.json and "
+                 "whose check accepts the model YAML); tensor names and shapes come from the YAMLs")
       ->check(CLI::IsMember(examples::kModelNames));
   app.add_option("--load_ckpt_path", f.load_ckpt_path, "HF directory, or MCore checkpoint root / iteration directory")->required();
   app.add_option("--save_ckpt_path", f.save_ckpt_path, "output directory (must be new or empty)")->required();
@@ -236,7 +239,12 @@ int main(int argc, char** argv) {
       mc.origin["vocab_size"] = "--vocab_size";
     }
     if (!f.hf_config_file.empty()) config::take_output_values(mc, config::load_hf_config_json(f.hf_config_file));
-    const model::ModelSpec& spec = examples::model_spec(f.model);
+    std::optional<examples::HfIdentity> hf_id;
+    if (f.load_platform == "huggingface") hf_id = examples::hf_identity(f.load_ckpt_path);
+    if (!hf_id && !f.hf_config_file.empty()) hf_id = examples::hf_identity(f.hf_config_file);
+    const examples::ModelChoice choice = examples::choose_model(f.model, mc, hf_id);
+    const model::ModelSpec& spec = *choice.spec;
+    if (f.model.empty() && lead && !f.quiet) std::fprintf(stderr, "note: model %s\n", choice.why.c_str());
     convert::ModelShape shape = convert::model_shape_of(spec, mc);
     if (shape.num_experts > 0 && !f.ep && f.save_platform == "mcore" && f.ckpt_format == "torch")
       std::fprintf(stderr, "note: --expert_parallel_size not given; using 1 (LoongForge would silently drop every expert)\n");
@@ -276,7 +284,7 @@ int main(int argc, char** argv) {
       try {
         (void)quant::resolve_device(o.device);
       } catch (const Error& e) {
-        fail("--device cuda: ", e.what(), f.device == "cuda" ? " (use --device auto or cpu, or the deepseek_v3_convert_cuda build)" : "");
+        fail("--device cuda: ", e.what(), f.device == "cuda" ? " (use --device auto or cpu, or the ckbridge_convert_cuda build)" : "");
       }
     }
     o.torch_dtype = parse_dtype(f.torch_dtype);
@@ -412,7 +420,7 @@ int main(int argc, char** argv) {
     std::ostringstream why;
     why << f.load_platform << " -> " << f.save_platform << " from " << fs::absolute(f.load_ckpt_path).string()
         << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
-        << f.quant_method << " pow2 " << f.force_pow_2_scales << " model " << f.model << "\n"
+        << f.quant_method << " pow2 " << f.force_pow_2_scales << " model " << spec.name << "\n"
         << convert::options_fingerprint(o) << source_fp;
     convert::check_memory(plan, o.max_workers);
     const std::string fingerprint = convert::plan_fingerprint(plan, why.str());
@@ -529,7 +537,7 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const std::exception& e) {
     const std::string msg = job ? job->failure(e) : std::string(e.what());
-    std::fprintf(stderr, "deepseek_v3_convert: error: %s\n", msg.c_str());
+    std::fprintf(stderr, "ckbridge_convert: error: %s\n", msg.c_str());
     return 1;
   }
 }
