@@ -286,6 +286,8 @@ LAYOUTS = {
     'local_ep2': (CONVERT_LOCAL, ['--expert_parallel_size', '2'], 1, 2, 1),
     'local_tp2_ep2': (CONVERT_LOCAL, ['--tensor_model_parallel_size', '2', '--expert_parallel_size', '2',
                                       '--expert_tensor_parallel_size', '1'], 2, 2, 1),
+    # torch_dist: layout-free; Megatron-Core loads it with dist_checkpointing.load at any TP / EP
+    'local_torch_dist': (CONVERT_LOCAL, ['--ckpt_format', 'torch_dist'], 1, 1, 1),
 }
 
 
@@ -296,7 +298,8 @@ def round_trips(conv, work, kind, layouts):
         mdir = os.path.join(work, 'mcore_%s_%s' % (kind, name))
         hdir = os.path.join(work, 'hf_%s_%s_back' % (kind, name))
         conv(src, mdir, 'huggingface', 'mcore', yaml_, flags)
-        conv(os.path.join(mdir, 'release'), hdir, 'mcore', 'huggingface', yaml_, flags)
+        back_flags = [x for i, x in enumerate(flags) if x != '--ckpt_format' and (i == 0 or flags[i - 1] != '--ckpt_format')]
+        conv(os.path.join(mdir, 'release'), hdir, 'mcore', 'huggingface', yaml_, back_flags)
         nfiles = sum(len(fs) for _, _, fs in os.walk(os.path.join(mdir, 'release')))
         ok = filecmp.cmp(os.path.join(src, 'model.safetensors'), os.path.join(hdir, 'model.safetensors'),
                          shallow=False)
@@ -654,7 +657,7 @@ def main():
     print('== 2. HF -> MCore -> HF byte equality')
     round_trips(conv, a.work, 'fp8', ['tp1_grouped', 'tp2_ep2_grouped'])
     round_trips(conv, a.work, 'bf16', ['tp1_grouped', 'tp2_ep2_grouped', 'local_tp1', 'local_tp2', 'local_ep2',
-                                       'local_tp2_ep2'])
+                                       'local_tp2_ep2', 'local_torch_dist'])
 
     print('== 3. torch.load of the MCore files vs transformers weights')
     from transformers import DeepseekV3ForCausalLM
@@ -682,7 +685,7 @@ def main():
     torch.save(ids, os.path.join(a.work, 'ids.pt'))
     ref_main, ref_mtp = hf_logits(tf, mtp, ids, dev)
     check_hf_reload(a.work, cfg, ids, ref_main, dev)
-    for name in ('local_tp1', 'local_tp2', 'local_ep2', 'local_tp2_ep2'):
+    for name in ('local_tp1', 'local_tp2', 'local_ep2', 'local_tp2_ep2', 'local_torch_dist'):
         run_megatron(a.work, name, d, ids, ref_main, ref_mtp, ngpu, megatron_ok)
 
     print('== 5. GPU quantization path')
