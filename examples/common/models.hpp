@@ -16,6 +16,7 @@
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/llama3.hpp"
 #include "ckbridge/model/qwen3.hpp"
+#include "ckbridge/model/qwen3_moe.hpp"
 #include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::examples {
@@ -24,7 +25,8 @@ namespace ckbridge::examples {
 // HF architecture).
 inline const std::vector<const model::ModelSpec*>& model_specs() {
   static const std::vector<const model::ModelSpec*> all{&model::spec<model::DeepSeekV3>(),
-                                                         &model::spec<model::Llama3>(), &model::spec<model::Qwen3>()};
+                                                         &model::spec<model::Llama3>(), &model::spec<model::Qwen3>(),
+                                                         &model::spec<model::Qwen3Moe>()};
   return all;
 }
 

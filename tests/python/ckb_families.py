@@ -89,7 +89,7 @@ def _families():
         F('qwen3', 'qwen3', 'qwen3_tiny.yaml', 'qwen3_convert.yaml', 'Qwen3ForCausalLM', 'qwen3', qk_norm=True,
           fp8=True),
         F('qwen3_moe', 'qwen3', 'qwen3_moe_tiny.yaml', 'qwen3_moe_convert.yaml', 'Qwen3MoeForCausalLM', 'qwen3_moe',
-          qk_norm=True, norms='qkv_fused', moe=True, fp8=True),
+          qk_norm=True, norms='qkv_fused', moe=True, fp8=True, supported_today=True),
         F('mimo', 'mimo', 'mimo_tiny.yaml', 'mimo_convert.yaml', 'MiMoForCausalLM', 'mimo', qkv_bias=True,
           mtp='mimo'),
         F('deepseek_v2', 'deepseek2', 'deepseek_v2_tiny.yaml', 'deepseek_v2_convert.yaml', 'DeepseekV2ForCausalLM',
