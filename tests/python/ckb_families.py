@@ -102,7 +102,7 @@ def _families():
           fp8=True, supported_today=True),
         F('kimi_k2', 'kimi_k2', 'kimi_k2_tiny.yaml', 'kimi_k2_convert_bf16.yaml', 'DeepseekV3ForCausalLM', 'kimi_k2',
           attn='mla', norms='separate', moe=True, shared=True, router_bias=True, prefix='language_model.',
-          extra_converts={'fp8_training': 'kimi_k2_convert.yaml'}, divisible_by=1280),
+          extra_converts={'fp8_training': 'kimi_k2_convert.yaml'}, divisible_by=1280, supported_today=True),
     ]}
 
 
