@@ -13,9 +13,12 @@
 
 #include "ckbridge/config/model_config.hpp"
 #include "ckbridge/core/error.hpp"
+#include "ckbridge/model/deepseek_v2.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
+#include "ckbridge/model/kimi_k2.hpp"
 #include "ckbridge/model/llama3.hpp"
 #include "ckbridge/model/qwen3.hpp"
+#include "ckbridge/model/qwen3_moe.hpp"
 #include "ckbridge/model/spec.hpp"
 
 namespace ckbridge::examples {
@@ -23,8 +26,10 @@ namespace ckbridge::examples {
 // Every known model's spec, in registry order (the more specific family first where two share an
 // HF architecture).
 inline const std::vector<const model::ModelSpec*>& model_specs() {
-  static const std::vector<const model::ModelSpec*> all{&model::spec<model::DeepSeekV3>(),
-                                                         &model::spec<model::Llama3>(), &model::spec<model::Qwen3>()};
+  static const std::vector<const model::ModelSpec*> all{
+      &model::spec<model::DeepSeekV3>(), &model::spec<model::KimiK2>(),    &model::spec<model::DeepSeekV2>(),
+      &model::spec<model::DeepSeekV2Lite>(), &model::spec<model::Llama3>(), &model::spec<model::Qwen3>(),
+      &model::spec<model::Qwen3Moe>()};
   return all;
 }
 

@@ -265,7 +265,10 @@ int main(int argc, char** argv) {
     o.pipeline.last = f.last;
     if (!f.custom_pipeline_layers.empty()) o.pipeline.custom = convert::parse_custom_pipeline_layers(f.custom_pipeline_layers);
     if (!f.pipeline_layout.empty()) o.pipeline.layout = f.pipeline_layout;
-    o.make_vocab_size_divisible_by = f.make_vocab_size_divisible_by;
+    // the flag, else the model YAML's make_vocab_size_divisible_by (Kimi K2: 1280), else 128
+    o.make_vocab_size_divisible_by = !app.count("--make_vocab_size_divisible_by") && mc.make_vocab_size_divisible_by > 0
+                                         ? mc.make_vocab_size_divisible_by
+                                         : f.make_vocab_size_divisible_by;
     o.pad_vocab_size_to = f.pad_vocab_size_to;
     o.convert_to_fp8 = f.convert_to_fp8;
     if (f.force_pow_2_scales == "true") o.force_pow_2_scales = true;

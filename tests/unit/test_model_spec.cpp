@@ -2,7 +2,8 @@
 // and Qwen3 specs list their kinds in the canonical order with their placement, FP8 treatment and
 // HF dtype; each kind's shape follows from the tiny YAMLs' numbers (restated here, not read back
 // from the code); each kind's own layout, evaluated by convert::kind_maps, pads and splits the
-// vocabulary and replicates norms; the families' own refusals and config.json writers.
+// vocabulary and replicates norms; the families' own refusals and config.json writers; the MoE
+// families' checks accept exactly their own tiny model YAML (the converter's automatic choice).
 #include <boost/test/unit_test.hpp>
 
 #include <filesystem>
@@ -12,8 +13,11 @@
 #include "ckbridge/config/convert_config.hpp"
 #include "ckbridge/convert/from_config.hpp"
 #include "ckbridge/convert/kind_maps.hpp"
+#include "ckbridge/model/deepseek_v2.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
+#include "ckbridge/model/kimi_k2.hpp"
 #include "ckbridge/model/qwen3.hpp"
+#include "ckbridge/model/qwen3_moe.hpp"
 
 using namespace ckbridge;
 namespace fs = std::filesystem;
@@ -118,6 +122,86 @@ BOOST_AUTO_TEST_CASE(qwen3_kinds_and_refusals) {
   config::ModelConfig tied = mc;
   tied.untie_embeddings_and_output_weights = false;
   expect_error([&] { convert::model_shape_of(spec, tied); }, {"qwen3", "tied embeddings"});
+}
+
+// Each MoE / MLA family's check accepts its own tiny YAML and refuses every other family's, so the
+// converter's choice (first family in registry order whose architecture and check fit) is unique
+// even without an HF config.json.
+BOOST_AUTO_TEST_CASE(moe_family_checks_are_exclusive) {
+  struct Y {
+    std::string family, dir, model, convert;
+  };
+  const std::vector<Y> ys{{"deepseek_v3", "deepseek_v3", "deepseek_v3_tiny.yaml", "deepseek_v3_convert.yaml"},
+                          {"kimi_k2", "kimi_k2", "kimi_k2_tiny.yaml", "kimi_k2_convert_bf16.yaml"},
+                          {"deepseek_v2", "deepseek2", "deepseek_v2_tiny.yaml", "deepseek_v2_convert.yaml"},
+                          {"deepseek_v2_lite", "deepseek2", "deepseek_v2_lite_tiny.yaml", "deepseek_v2_lite_convert.yaml"},
+                          {"qwen3", "qwen3", "qwen3_tiny.yaml", "qwen3_convert.yaml"},
+                          {"qwen3_moe", "qwen3", "qwen3_moe_tiny.yaml", "qwen3_moe_convert.yaml"}};
+  const std::vector<const model::ModelSpec*> specs{
+      &model::spec<model::DeepSeekV3>(), &model::spec<model::KimiK2>(),    &model::spec<model::DeepSeekV2>(),
+      &model::spec<model::DeepSeekV2Lite>(), &model::spec<model::Qwen3>(), &model::spec<model::Qwen3Moe>()};
+  for (const auto& y : ys) {
+    const config::ModelConfig mc = load(y.dir, y.model, y.convert);
+    for (const auto* s : specs) {
+      bool ok = true;
+      try {
+        s->check(mc);
+      } catch (const Error&) {
+        ok = false;
+      }
+      BOOST_TEST(ok == (s->name == y.family), s->name << " on " << y.model << (ok ? " accepted" : " refused"));
+    }
+  }
+  // Kimi's model YAML: LoongForge's model_type and vocabulary padding are read
+  const config::ModelConfig kimi = load("kimi_k2", "kimi_k2_tiny.yaml", "kimi_k2_convert_bf16.yaml");
+  BOOST_TEST(kimi.loongforge_model_type == "kimi");
+  BOOST_TEST(kimi.make_vocab_size_divisible_by == 1280);
+  BOOST_TEST(load("qwen3", "qwen3_moe_tiny.yaml", "qwen3_moe_convert.yaml").make_vocab_size_divisible_by == 128);
+}
+
+// The new families' kinds and config.json writers, values restated from the tiny YAMLs.
+BOOST_AUTO_TEST_CASE(moe_family_kinds_and_config_json) {
+  // V2-Lite: hidden 256, 4 heads, nope 64 + rope 32, no q LoRA: one q projection [4 * 96, 256]
+  const model::ModelSpec& lite = model::spec<model::DeepSeekV2Lite>();
+  const config::ModelConfig lc = load("deepseek2", "deepseek_v2_lite_tiny.yaml", "deepseek_v2_lite_convert.yaml");
+  model::Dims d;
+  d.model = lc;
+  BOOST_TEST((lite.param("attention.q").shape(d) == Shape{384, 256}));
+  for (const auto& k : lite.params) BOOST_TEST(k.common.find("q_down") == std::string_view::npos, k.common);
+  for (const auto& k : lite.params) BOOST_TEST(k.common != "moe.gate.bias");
+  const std::string lj = lite.hf_config_json(lc, {});
+  for (const char* want : {"\"DeepseekV2ForCausalLM\"", "\"q_lora_rank\": null", "\"topk_method\": \"greedy\"",
+                           "\"n_group\": 1", "\"norm_topk_prob\": false", "\"model_type\": \"deepseek_v2\""})
+    BOOST_TEST(lj.find(want) != std::string::npos, want << " not in " << lj);
+  BOOST_TEST(lj.find("num_nextn_predict_layers") == std::string::npos);
+  // V2: router groups 2, group top-k 1 in its YAML
+  const config::ModelConfig vc = load("deepseek2", "deepseek_v2_tiny.yaml", "deepseek_v2_convert.yaml");
+  const std::string vj = model::spec<model::DeepSeekV2>().hf_config_json(vc, {});
+  for (const char* want : {"\"q_lora_rank\": 192", "\"topk_method\": \"group_limited_greedy\"", "\"n_group\": 2",
+                           "\"topk_group\": 1", "\"scoring_func\": \"softmax\""})
+    BOOST_TEST(vj.find(want) != std::string::npos, want << " not in " << vj);
+  // Kimi K2: DeepSeek V3's architecture, its own model_type, no MTP
+  const config::ModelConfig kc = load("kimi_k2", "kimi_k2_tiny.yaml", "kimi_k2_convert_bf16.yaml");
+  const std::string kj = model::spec<model::KimiK2>().hf_config_json(kc, {});
+  for (const char* want : {"\"DeepseekV3ForCausalLM\"", "\"model_type\": \"kimi_k2\"", "\"topk_method\": \"noaux_tc\"",
+                           "\"num_nextn_predict_layers\": 0", "\"routed_scaling_factor\": 2.827"})
+    BOOST_TEST(kj.find(want) != std::string::npos, want << " not in " << kj);
+  BOOST_TEST(model::spec<model::KimiK2>().hf_model_type == "kimi_k2");
+  BOOST_TEST(model::spec<model::DeepSeekV3>().hf_model_type == "deepseek_v3");
+  // Qwen3-MoE: all layers MoE, 8 experts of 256, no shared expert / router bias kinds
+  const model::ModelSpec& qm = model::spec<model::Qwen3Moe>();
+  const config::ModelConfig qc = load("qwen3", "qwen3_moe_tiny.yaml", "qwen3_moe_convert.yaml");
+  model::Dims q;
+  q.model = qc;
+  BOOST_TEST((qm.param("moe.gate").shape(q) == Shape{8, 320}));
+  BOOST_TEST((qm.param("moe.expert/moe.expert_h_to_4h").shape(q) == Shape{512, 320}));
+  BOOST_TEST((qm.param("attention.query_key_value").shape(q) == Shape{(4 + 2 * 2) * 128, 320}));
+  for (const auto& k : qm.params)
+    BOOST_TEST((k.common.find("shared_expert") == std::string_view::npos && k.common != "moe.gate.bias"), k.common);
+  const std::string qj = qm.hf_config_json(qc, {});
+  for (const char* want : {"\"Qwen3MoeForCausalLM\"", "\"num_experts\": 8", "\"moe_intermediate_size\": 256",
+                           "\"mlp_only_layers\": []", "\"decoder_sparse_step\": 1", "\"head_dim\": 128"})
+    BOOST_TEST(qj.find(want) != std::string::npos, want << " not in " << qj);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -62,6 +62,8 @@ struct ModelConfig {
   double norm_epsilon = 1e-6;
   bool untie_embeddings_and_output_weights = true;
   bool qk_layernorm = true;
+  std::string loongforge_model_type;               // the model YAML's `model_type` ("deepseek", "kimi", "qwen"; "" unset)
+  std::int64_t make_vocab_size_divisible_by = 0;   // the model YAML's vocabulary padding per TP rank (0: unset)
   std::int64_t moe_router_topk = 8;
   std::int64_t moe_router_num_groups = 8;
   std::int64_t moe_router_group_topk = 4;
@@ -256,6 +258,10 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   else yread(m, "layernorm_epsilon", c.norm_epsilon, source, false);
   yread(m, "untie_embeddings_and_output_weights", c.untie_embeddings_and_output_weights, source, false);
   yread(m, "qk_layernorm", c.qk_layernorm, source, false);
+  yread(m, "model_type", c.loongforge_model_type, source, false);
+  yread(m, "make_vocab_size_divisible_by", c.make_vocab_size_divisible_by, source, false);
+  if (c.make_vocab_size_divisible_by < 0)
+    fail(source, ": key 'make_vocab_size_divisible_by': must be >= 1, got ", c.make_vocab_size_divisible_by);
   auto& og = c.origin;
   for (const char* k : {"num_layers", "hidden_size", "num_attention_heads", "vocab_size", "moe_layer_freq"})
     og[k] = std::string(source);

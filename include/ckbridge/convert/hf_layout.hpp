@@ -71,7 +71,8 @@ inline std::vector<HfTensor> hf_layout(const model::ModelSpec& spec, const NameM
     const Shape full = in.kind.shape(shape.dims);
     const std::vector<std::int64_t> rows =
         keys.size() > 1 ? in.kind.part_rows(shape.dims, keys.size()) : std::vector<std::int64_t>{};
-    const bool fp8 = o.fp8 && hf_fp8_kind(in.kind);
+    const bool fp8 = o.fp8 && hf_fp8_kind(in.kind) &&
+                     !nm.hf_bf16_mcore_fp8(names_detail::split_keys(in.kind.common).back());
     const DType dt = fp8 ? DType::F8_E4M3 : (in.kind.hf_float32 ? DType::F32 : o.float_dtype);
     std::int64_t row0 = 0;
     for (std::size_t p = 0; p < keys.size(); ++p) {

@@ -97,9 +97,14 @@ private:
 };
 
 // Decides the FP8 treatment of one instance. `src_fp8`: the source holds FP8 data.
-inline bool target_is_fp8(const model::ParamKind& k, const McoreEntry& me, bool src_fp8, const ConvertOptions& o) {
+// A BF16 source is quantized with --convert_to_fp8, or where the YAML says BF16 in HF and FP8 in
+// MCore for a kind that is FP8 in FP8 checkpoints (Kimi K2's FP8-training q_down / kv_down; DeepSeek
+// V3's eh_proj stays BF16 unless asked, docs/loongforge-deviations.md).
+inline bool target_is_fp8(const model::ParamKind& k, const McoreEntry& me, bool src_fp8, const ConvertOptions& o,
+                          bool hf_bf16_mcore_fp8 = false) {
   if (src_fp8) return !o.dequantize_fp8;
-  if (!o.convert_to_fp8) return false;
+  if (!o.convert_to_fp8)
+    return hf_bf16_mcore_fp8 && (k.fp8 == model::Fp8::Blockwise || k.fp8 == model::Fp8::BlockwiseNoTp);
   return k.fp8 != model::Fp8::Never || me.fp8 || me.dtype == "fp8";
 }
 
@@ -253,7 +258,8 @@ inline void plan_to_mcore(const model::ModelSpec& spec, Plan& plan, const NameMa
       fail("source tensor '", src->name, "' has shape ", shape_str(src->full), " but the model config implies ",
            shape_str(want), " for ", in.label());
     const McoreEntry& me = nm.mcore_entry(names_detail::split_keys(in.kind.common).back());
-    const bool tfp8 = target_is_fp8(in.kind, me, src->fp8, o);
+    const bool tfp8 =
+        target_is_fp8(in.kind, me, src->fp8, o, nm.hf_bf16_mcore_fp8(names_detail::split_keys(in.kind.common).back()));
     const bool expert = in.kind.where == model::Where::Expert;
     const int size = expert ? etp : o.tp;
     const bool replicate = me.ignore_tp || (tfp8 && me.fp8_ignore_tp);

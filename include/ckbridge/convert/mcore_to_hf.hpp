@@ -214,7 +214,12 @@ inline Plan plan_mcore_to_hf(const model::ModelSpec& spec, McoreCheckpoint& ck, 
   const std::vector<Instance> inst = enumerate_instances(spec, shape);
   std::vector<std::shared_ptr<const LogicalSource>> sources;
   for (const Instance& in : inst) sources.push_back(read(in, plan));
-  const bool any_fp8 = read.any_fp8();
+  // FP8 sources make an FP8 HF checkpoint, except kinds the YAML keeps BF16 in HF (`dtype: bf16`,
+  // Kimi K2's FP8-training q_down / kv_down: dequantized)
+  bool any_fp8 = false;
+  for (std::size_t i = 0; i < inst.size(); ++i)
+    any_fp8 = any_fp8 ||
+              (sources[i]->fp8 && !nm.hf_bf16_mcore_fp8(names_detail::split_keys(inst[i].kind.common).back()));
   plan.check_coverage();
 
   // HF side: the canonical layout, dtypes decided per tensor.

@@ -55,6 +55,13 @@ struct NameMap {
     if (it == mcore.end() || it->second.name.empty()) fail("convert config: name_map.mcore has no entry '", key, "'");
     return it->second;
   }
+  // The YAML's `dtype: bf16` on the HF side and `dtype: fp8` on the MCore side of `key` (LoongForge's
+  // QUANT_HF_BF16_AND_MCORE_FP8, Kimi K2's FP8-training YAML): BF16 in HF, FP8 in MCore.
+  bool hf_bf16_mcore_fp8(std::string_view key) const {
+    auto h = hf.find(key);
+    auto m = mcore.find(key);
+    return h != hf.end() && m != mcore.end() && h->second.dtype == "bf16" && m->second.dtype == "fp8";
+  }
 };
 
 // One instance of a parameter kind.

@@ -32,6 +32,14 @@ struct Norm : Param<Name, W> {
   static Shape shape(const Dims& d) { return hidden(d); }
 };
 
+// A per-head norm (Qwen3's q_norm / k_norm): one weight of head_dim entries shared by every head,
+// the same on every rank.
+template <fixed_string Name>
+struct HeadNorm : Param<Name, Where::Layer> {
+  static layout::Replicated layout(const Dims&) { return {}; }
+  static Shape shape(const Dims& d) { return {d.model.head_dim()}; }
+};
+
 // ---- globals
 struct WordEmbeddings : Param<"word_embeddings", Where::FirstStage> {
   static layout::VocabParallel layout(const Dims& d) { return vocab_rows(d); }

@@ -16,21 +16,12 @@
 
 namespace ckbridge::model {
 
-namespace qwen3 {
-// q_norm / k_norm: one weight of head_dim entries shared by every head, the same on every rank.
-template <fixed_string Name>
-struct HeadNorm : Param<Name, Where::Layer> {
-  static layout::Replicated layout(const Dims&) { return {}; }
-  static Shape shape(const Dims& d) { return {d.model.head_dim()}; }
-};
-}  // namespace qwen3
-
 struct Qwen3 {
   static constexpr std::string_view name = "qwen3";
   static constexpr std::string_view hf_architecture = "Qwen3ForCausalLM";
   using params = std::tuple<kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,  //
-                            kinds::InputNorm, kinds::Qkv, qwen3::HeadNorm<"attention.q_a_layernorm">,
-                            qwen3::HeadNorm<"attention.kv_a_layernorm">, kinds::AttentionDense,  // attention
+                            kinds::InputNorm, kinds::Qkv, kinds::HeadNorm<"attention.q_a_layernorm">,
+                            kinds::HeadNorm<"attention.kv_a_layernorm">, kinds::AttentionDense,  // attention
                             kinds::PostAttentionNorm, kinds::MlpFc1<>, kinds::MlpFc2<>>;          // MLP
 
   static void check(const config::ModelConfig& c) {
