@@ -14,7 +14,7 @@ WORK=${2:-${TMPDIR:-/tmp}/ckbridge-bench-convert}
 BIN=$BUILD/examples
 CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
 CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
-cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
+[[ ${BENCH_NO_BUILD:-0} == 1 ]] || cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
 mkdir -p "$WORK"
 if [[ ! -f $WORK/hf/config.json ]]; then
   rm -rf "$WORK/hf"
@@ -49,12 +49,7 @@ row() {  # row <label> <seconds> <bytes> <baseline-seconds> <rss-kb> <anon-mb> <
   printf '%-34s %8.2f %8.2f %8.2fx %10.0f %10s %6s\n' "$1" "$2" "$(echo "$3 / $2 / 1000000000" | bc -l)" \
     "$(echo "$2 / $4" | bc -l)" "$(echo "$5 / 1024" | bc -l)" "$6" "$7"
 }
-conv() {  # conv <from> <to> <src> <dst> [flags]
-  local from=$1 to=$2 src=$3 dst=$4
-  shift 4
-  "$BIN/ckbridge_convert" --load_platform "$from" --save_platform "$to" --config_file "$CFG" --convert_file "$CONV" \
-    --load_ckpt_path "$src" --save_ckpt_path "$dst" -q "$@"
-}
+C=("$BIN/ckbridge_convert" --model deepseek_v3 --config_file "$CFG" --convert_file "$CONV" -q)
 
 rm -rf "$WORK/cp" "$WORK/td" "$WORK/td_hf" "$WORK/td_cp"
 SRC_BYTES=$(du -sb "$WORK/hf" | cut -f1)
@@ -62,19 +57,23 @@ cat "$WORK"/hf/*.safetensors >/dev/null  # warm the page cache for every contend
 read -r _ CP_S CP_RSS _ CP_LOAD < <(measure cp cp -r "$WORK/hf" "$WORK/cp")
 rm -rf "$WORK/cp"
 rows=()
-for w in 1 2; do  # --max_workers 1 and 2 both write Megatron's 2 data files (one thread each)
-  rm -rf "$WORK/td"
-  read -r _ S RSS ANON LOAD < <(measure "w$w" conv huggingface mcore "$WORK/hf" "$WORK/td" --safetensors \
-    --ckpt_format torch_dist --dequantize_fp8 --max_workers "$w")
-  TD_BYTES=$(du -sb "$WORK/td" | cut -f1)
-  rows+=("$(row "HF -> torch_dist --max_workers $w" "$S" "$TD_BYTES" "$CP_S" "$RSS" "$ANON" "$LOAD")")
-done
+# one run: the data files are written by one thread each (Megatron's 2 files; --max_workers N > 2
+# writes N files), so --max_workers 1 and 2 are the same run
+rm -rf "$WORK/td"
+read -r _ S RSS ANON LOAD < <(measure td "${C[@]}" --load_platform huggingface --save_platform mcore \
+  --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/td" --safetensors \
+  --ckpt_format torch_dist --dequantize_fp8)
+TD_BYTES=$(du -sb "$WORK/td" | cut -f1)
+rows+=("$(row "HF FP8 -> torch_dist (2 files)" "$S" "$TD_BYTES" "$CP_S" "$RSS" "$ANON" "$LOAD")")
 cat "$WORK"/td/release/*.distcp >/dev/null
 read -r _ CPO_S CPO_RSS _ CPO_LOAD < <(measure cp_out cp -r "$WORK/td" "$WORK/td_cp")
 rm -rf "$WORK/td_cp"
-read -r _ S RSS ANON LOAD < <(measure back conv mcore huggingface "$WORK/td" "$WORK/td_hf" --max_workers 2)
-BACK_BYTES=$(du -sb "$WORK/td_hf" | cut -f1)
-rm -rf "$WORK/td_hf"
+if [[ ${BENCH_TD_BACK:-1} == 1 ]]; then  # torch_dist -> HF, through the single-rank legacy copy
+  read -r _ BS BRSS BANON BLOAD < <(measure back "${C[@]}" --load_platform mcore \
+    --save_platform huggingface --load_ckpt_path "$WORK/td" --save_ckpt_path "$WORK/td_hf" --max_workers 2)
+  BACK_BYTES=$(du -sb "$WORK/td_hf" | cut -f1)
+  rm -rf "$WORK/td_hf"
+fi
 echo
 echo "HF FP8 $(echo "$SRC_BYTES / 1000000000" | bc -l | cut -c1-5) GB -> torch_dist (bf16) $(echo "$TD_BYTES / 1000000000" | bc -l | cut -c1-5) GB; $(nproc) cores"
 printf '%-34s %8s %8s %9s %10s %10s %6s\n' "run" "seconds" "GB/s" "vs cp" "peakRSS MB" "RssAnon MB" "load"
@@ -83,6 +82,8 @@ printf '%s\n' "${rows[@]}"
 row "cp -r torch_dist output" "$CPO_S" "$TD_BYTES" "$CP_S" "$CPO_RSS" "-" "$CPO_LOAD"
 echo "(GB/s = bytes written / s; 'vs cp' = time / time of cp -r of the source)"
 echo "vs cp of the same output bytes: $(for r in "${rows[@]}"; do echo "$r" | awk -v c="$CPO_S" '{printf "%.2fx ", $(NF-5)/c}'; done)"
-printf '%-34s %8.2f %8.2f %8.2fx %10.0f %10s %6s   (vs cp -r of its torch_dist input)\n' "torch_dist -> HF --max_workers 2" "$S" \
-  "$(echo "$BACK_BYTES / $S / 1000000000" | bc -l)" "$(echo "$S / $CPO_S" | bc -l)" "$(echo "$RSS / 1024" | bc -l)" "$ANON" "$LOAD"
+[[ ${BENCH_TD_BACK:-1} == 1 ]] &&
+  printf '%-34s %8.2f %8.2f %8.2fx %10.0f %10s %6s   (vs cp -r of its torch_dist input)\n' "torch_dist -> HF --max_workers 2" \
+    "$BS" "$(echo "$BACK_BYTES / $BS / 1000000000" | bc -l)" "$(echo "$BS / $CPO_S" | bc -l)" "$(echo "$BRSS / 1024" | bc -l)" \
+    "$BANON" "$BLOAD"
 rm -rf "$WORK/td"

@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
                                   "(Megatron-Core reshards it when loading); drop the flag");
       // Megatron-Core's GroupedMLP / TEGroupedMLP save their experts under SequentialMLP's keys and
       // global shapes (docs/torch-dist-format.md §5): the same torch_dist checkpoint serves both.
-      if (f.grouped_gemm && lead && !f.quiet)
+      if (f.grouped_gemm && lead)
         std::fprintf(stderr, "note: --moe-grouped-gemm: a torch_dist checkpoint stores grouped and sequential experts "
                      "under the same keys; the output is the same either way\n");
       o.grouped_gemm = false;

@@ -8,7 +8,8 @@ the converter's code:
      and torch.load for each stored item, equals the legacy (torch format, tp1) output of the same HF
      checkpoint (itself checked against numpy by test_convert_deepseek / test_convert_llama3), with
      sequential experts stacked; every linear has its `_extra_state` object [None];
-  3. legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
+  3. --moe-grouped-gemm gives the same torch_dist checkpoint (grouped experts have the sequential keys);
+     legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
      torch_dist -> HF: DeepSeek V3 and Llama 3 BF16 round trips byte-identical, and the checkpoint
      Megatron-Core saved (its .metadata, empty common state) converts to the HF source's bytes;
      legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 has the direct reshard's tensors;
@@ -183,6 +184,23 @@ def run_all(work):
         assert a[0] == b[0], [k for k in a[0] if a[0][k] != b[0].get(k)][:5]
         assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
     H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata', megatron_bytes)
+
+    def grouped_gemm_same():
+        # Megatron-Core 0.16.1's TEGroupedMLP / GroupedMLP save their experts under SequentialMLP's keys
+        # and global shapes (docs/torch-dist-format.md §5): --moe-grouped-gemm gives the same checkpoint
+        dst = os.path.join(work, 'ds_td_gg')
+        out = convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist', '--moe-grouped-gemm'])
+        assert 'same keys' in out, out
+        ref = os.path.join(DATA, 'ds_tiny_megatron')
+        want = {line.split()[2]: line.split()[0] for line in open(os.path.join(ref, 'data_files.sha256'))}
+        rel = os.path.join(dst, 'release')
+        have = {f: hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest() for f in os.listdir(rel)
+                if f.endswith('.distcp')}
+        assert have == want, (have, want)
+        a, b = summary(read_metadata(os.path.join(rel, '.metadata'))), summary(read_metadata(os.path.join(ref, '.metadata')))
+        assert a == b
+    H.check('DeepSeek V3 HF -> torch_dist with --moe-grouped-gemm: the same keys and bytes as Megatron-Core\'s save',
+            grouped_gemm_same)
 
     def from_legacy():
         leg, dst = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
