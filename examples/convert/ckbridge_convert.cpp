@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,8 @@
 #include <set>
 #include <sstream>
 #include <string>
+
+#include <unistd.h>
 
 #include "ckbridge/config/convert_config.hpp"
 #include "ckbridge/convert/cli_values.hpp"
@@ -301,9 +305,15 @@ int main(int argc, char** argv) {
     if (torch_dist_out) {  // layout-free: planned as one rank, re-keyed by convert/torch_dist_out.hpp
       for (const char* flag : {"--tensor_model_parallel_size", "--pipeline_model_parallel_size", "--expert_parallel_size",
                                "--expert_tensor_parallel_size", "--num-virtual-stages-per-pipeline-rank",
-                               "--custom_pipeline_layers", "--pipeline_model_parallel_layout", "--moe-grouped-gemm"})
+                               "--custom_pipeline_layers", "--pipeline_model_parallel_layout"})
         if (app.count(flag)) fail(flag, " with --ckpt_format torch_dist: a torch_dist checkpoint has no parallel layout "
                                   "(Megatron-Core reshards it when loading); drop the flag");
+      // Megatron-Core's GroupedMLP / TEGroupedMLP save their experts under SequentialMLP's keys and
+      // global shapes (docs/torch-dist-format.md §5): the same torch_dist checkpoint serves both.
+      if (f.grouped_gemm && lead)
+        std::fprintf(stderr, "note: --moe-grouped-gemm: a torch_dist checkpoint stores grouped and sequential experts "
+                     "under the same keys; the output is the same either way\n");
+      o.grouped_gemm = false;
       o.tp = 1;
       o.ep = 1;
       o.etp.reset();
@@ -384,6 +394,29 @@ int main(int argc, char** argv) {
       if (f.save_platform == "huggingface") plan = convert::plan_mcore_to_hf(spec, *mcore, nm, shape, mc, so);
       else plan = convert::plan_mcore_to_mcore(spec, *mcore, nm, shape, so, o);
     }
+    // torch_dist output: the plan's entries, re-keyed (refuses FP8 weights etc. before any output)
+    convert::TorchDistOutOptions to;
+    std::vector<format::torch_dist::WriteEntry> td_entries;
+    std::atomic<std::uint64_t> td_bytes{0};
+    if (torch_dist_out) {
+      if (job->distributed())
+        fail("--distributed_convert with --ckpt_format torch_dist: a torch_dist checkpoint is written by one process "
+             "(its data files by threads, --max_workers)");
+      to.num_experts = shape.num_experts;
+      to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
+      to.files = static_cast<unsigned>(std::max(2, f.max_workers));
+      // Test seam for the kill-and-resume tests (as the legacy writer's): die (SIGKILL, no cleanup)
+      // once this many chunk bytes were produced; progress is recorded every
+      // CKBRIDGE_TEST_SYNC_BYTES bytes of a data file (default 256 MiB).
+      if (const char* k = std::getenv("CKBRIDGE_TEST_KILL_AFTER_BYTES")) {
+        const std::uint64_t limit = std::strtoull(k, nullptr, 10);
+        to.on_chunk = [&td_bytes, limit](std::uint64_t n) {
+          if (td_bytes.fetch_add(n) + n >= limit) ::kill(::getpid(), SIGKILL);
+        };
+      }
+      if (const char* k = std::getenv("CKBRIDGE_TEST_SYNC_BYTES")) to.sync_bytes = std::strtoull(k, nullptr, 10);
+      td_entries = convert::torch_dist_entries(plan, to);
+    }
     job->same_plan(plan);
     if (lead) print_plan(plan, o.max_workers);
     for (const auto& n : plan.notes)
@@ -403,19 +436,6 @@ int main(int argc, char** argv) {
       job->check();
       return 0;
     }
-    if (torch_dist_out) {
-      const auto t0 = std::chrono::steady_clock::now();
-      convert::TorchDistOutOptions to;
-      to.num_experts = shape.num_experts;
-      to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
-      to.files = static_cast<unsigned>(std::max(2, f.max_workers));
-      const auto rep = convert::write_torch_dist(plan, out, to);
-      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::printf("done: torch_dist, %zu entries in %zu data files, %.3f GB in %.2f s -> %s\n",
-                  rep.metadata.entries.size(), rep.files.size(), double(rep.bytes) / 1e9, sec, out.string().c_str());
-      print_memory("at the end");
-      return 0;
-    }
     // What shapes the output bytes beyond the plan itself (which lists every tensor and path).
     const std::string source_fp = convert::source_fingerprint(f.load_ckpt_path, out);
     const std::string source_id = manifest::sha256_hex(
@@ -425,6 +445,7 @@ int main(int argc, char** argv) {
         << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
         << f.quant_method << " pow2 " << f.force_pow_2_scales << " model " << spec.name << "\n"
         << convert::options_fingerprint(o) << source_fp;
+    if (torch_dist_out) why << "ckpt_format torch_dist files " << to.files << "\n";
     convert::check_memory(plan, o.max_workers);
     const std::string fingerprint = convert::plan_fingerprint(plan, why.str());
     const std::string run_id = fingerprint.substr(0, fingerprint.find('\n'));
@@ -517,6 +538,22 @@ int main(int argc, char** argv) {
         }
       AtomicFile::write_all(out / manifest::kFileName, m.to_json());
     };
+    if (torch_dist_out) {  // one process; resumable through the run state; manifest before the tracker
+      const auto t0 = std::chrono::steady_clock::now();
+      to.progress_dir = out / ".ckbridge-run" / "torch_dist";
+      to.save_id = convert::uuid_from(run_id);
+      to.write_small_files = false;
+      const auto rep = convert::write_torch_dist(plan, td_entries, out, to);
+      convert::finish_run(plan, out, state.get(), [&] { write_manifest({}); });
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rep.resumed_bytes)
+        std::fprintf(stderr, "note: torch_dist: %llu bytes of data files kept from the interrupted run\n",
+                     static_cast<unsigned long long>(rep.resumed_bytes));
+      std::printf("done: torch_dist, %zu entries in %zu data files, %.3f GB in %.2f s -> %s\n",
+                  rep.metadata.entries.size(), rep.files.size(), double(rep.bytes) / 1e9, sec, out.string().c_str());
+      print_memory("at the end");
+      return 0;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const auto runs = job->run(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet,
                                state.get(), file_done, report, write_manifest);

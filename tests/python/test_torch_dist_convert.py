@@ -8,12 +8,18 @@ the converter's code:
      and torch.load for each stored item, equals the legacy (torch format, tp1) output of the same HF
      checkpoint (itself checked against numpy by test_convert_deepseek / test_convert_llama3), with
      sequential experts stacked; every linear has its `_extra_state` object [None];
-  3. legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
+  3. --moe-grouped-gemm gives the same torch_dist checkpoint (grouped experts have the sequential keys);
+     legacy tp2 pp2 ep2 -> torch_dist gives the same bytes as Megatron-Core's save (1.);
      torch_dist -> HF: DeepSeek V3 and Llama 3 BF16 round trips byte-identical, and the checkpoint
      Megatron-Core saved (its .metadata, empty common state) converts to the HF source's bytes;
      legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 has the direct reshard's tensors;
   4. bad requests are refused before any output: parallel-layout flags, an FP8 source without
-     --dequantize_fp8, --ckpt_format for HF output.
+     --dequantize_fp8 (the message names the flag and an FP8 weight), --ckpt_format for HF output;
+  5. resume and manifest: the output has a ckbridge-manifest.json that ckbridge_verify --manifest
+     accepts (and that catches a changed data file); the same command over it exits 0 "already
+     complete" touching nothing; a run killed (SIGKILL) at several points, with item-level progress
+     records and without, then run again, ends with every file byte-identical to an uninterrupted
+     run's (manifest included); other arguments over a partial output are refused.
 The test Python's torch (1.13) has no torch.distributed.checkpoint: the DCP classes are stubbed.
 """
 import hashlib
@@ -21,6 +27,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 
@@ -178,6 +185,23 @@ def run_all(work):
         assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
     H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata', megatron_bytes)
 
+    def grouped_gemm_same():
+        # Megatron-Core 0.16.1's TEGroupedMLP / GroupedMLP save their experts under SequentialMLP's keys
+        # and global shapes (docs/torch-dist-format.md §5): --moe-grouped-gemm gives the same checkpoint
+        dst = os.path.join(work, 'ds_td_gg')
+        out = convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist', '--moe-grouped-gemm'])
+        assert 'same keys' in out, out
+        ref = os.path.join(DATA, 'ds_tiny_megatron')
+        want = {line.split()[2]: line.split()[0] for line in open(os.path.join(ref, 'data_files.sha256'))}
+        rel = os.path.join(dst, 'release')
+        have = {f: hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest() for f in os.listdir(rel)
+                if f.endswith('.distcp')}
+        assert have == want, (have, want)
+        a, b = summary(read_metadata(os.path.join(rel, '.metadata'))), summary(read_metadata(os.path.join(ref, '.metadata')))
+        assert a == b
+    H.check('DeepSeek V3 HF -> torch_dist with --moe-grouped-gemm: the same keys and bytes as Megatron-Core\'s save',
+            grouped_gemm_same)
+
     def from_legacy():
         leg, dst = os.path.join(work, 'ds_leg222'), os.path.join(work, 'ds_td_from_leg')
         convert(DS_CFG, DS_CONV, ds16, leg, ['--tensor_model_parallel_size', '2', '--pipeline_model_parallel_size', '2',
@@ -298,6 +322,7 @@ def run_all(work):
         for flags, needle, src in (
                 (['--ckpt_format', 'torch_dist', '--tensor_model_parallel_size', '2'], '--tensor_model_parallel_size', ds16),
                 (['--ckpt_format', 'torch_dist', '--expert_parallel_size', '2'], '--expert_parallel_size', ds16),
+                (['--ckpt_format', 'torch_dist'], 'blockwise-FP8 weight; ckbridge does not write FP8 into torch_dist', ds8),
                 (['--ckpt_format', 'torch_dist'], '--dequantize_fp8', ds8),
                 (['--ckpt_format', 'zarr'], 'ckpt_format', ds16)):
             dst = os.path.join(work, 'refused')
@@ -305,6 +330,124 @@ def run_all(work):
             assert needle in out, (flags, out)
             assert not os.path.exists(os.path.join(dst, 'release', 'metadata.json')), flags
     H.check('refused: layout flags, FP8 without --dequantize_fp8, unknown format', refusals)
+
+    def tree(d):
+        out = {}
+        for root, _, fs in os.walk(d):
+            for f in fs:
+                p = os.path.join(root, f)
+                out[os.path.relpath(p, d)] = (open(p, 'rb').read(), os.stat(p).st_mtime_ns)
+        return out
+
+    def run_td(dst, extra=(), env=None):
+        cmd = [H.CONVERT, '--model', 'deepseek_v3', '--load_platform', 'huggingface', '--save_platform', 'mcore',
+               '--config_file', DS_CFG, '--convert_file', DS_CONV, '--load_ckpt_path', ds16, '--save_ckpt_path', dst,
+               '--safetensors', '-q', '--ckpt_format', 'torch_dist', '--max_workers', '3'] + list(extra)
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run(cmd, capture_output=True, text=True, env=e)
+
+    dst = os.path.join(work, 'td_resume')
+    ref = os.path.join(work, 'td_resume_ref')
+
+    def manifest_and_complete():
+        r = run_td(dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        man = os.path.join(dst, 'ckbridge-manifest.json')
+        import json
+        m = json.load(open(man))
+        listed = {f['path']: f for f in m['files']}
+        files = {os.path.relpath(os.path.join(root, f), dst) for root, _, fs in os.walk(dst) for f in fs}
+        assert files - {'ckbridge-manifest.json'} == set(listed), (files, sorted(listed))
+        for rel, f in listed.items():  # sizes and SHA-256 computed here, not by ckbridge
+            b = open(os.path.join(dst, rel), 'rb').read()
+            assert f['size'] == len(b) and f['sha256'] == hashlib.sha256(b).hexdigest(), rel
+        assert any(p.endswith('.distcp') for p in listed) and 'release/.metadata' in listed
+        assert not os.path.exists(os.path.join(dst, '.ckbridge-run')), 'run state left behind'
+        v = subprocess.run([H.VERIFY, '--manifest', dst], capture_output=True, text=True)
+        assert v.returncode == 0, v.stdout + v.stderr
+        before = tree(dst)
+        r = run_td(dst)
+        assert r.returncode == 0 and 'already complete: ' in r.stdout, r.stdout + r.stderr
+        assert tree(dst) == before, 'a finished output was touched'
+        os.rename(dst, ref)
+    H.check('torch_dist output: manifest matches the files (sha256 here), ckbridge_verify --manifest passes, '
+            're-run exits 0 "already complete" touching nothing', manifest_and_complete)
+    if H.FAILED and not os.path.isdir(ref):
+        return
+
+    def damaged():
+        bad = os.path.join(work, 'td_damaged')
+        r = run_td(bad)
+        assert r.returncode == 0, r.stderr
+        f = sorted(x for x in os.listdir(os.path.join(bad, 'release')) if x.endswith('.distcp'))[0]
+        p = os.path.join(bad, 'release', f)
+        b = bytearray(open(p, 'rb').read())
+        b[len(b) // 2] ^= 1
+        open(p, 'wb').write(bytes(b))
+        v = subprocess.run([H.VERIFY, '--manifest', bad], capture_output=True, text=True)
+        assert v.returncode != 0 and f in v.stdout + v.stderr, v.stdout + v.stderr
+        r = run_td(bad)
+        assert r.returncode != 0 and f in r.stderr, r.stdout + r.stderr
+    H.check('torch_dist output with a changed data file: verify and the same command refuse, naming it', damaged)
+
+    def total_bytes():  # the tensor bytes the run writes (what the kill seam counts)
+        got, _, _ = read_tensors(os.path.join(ref, 'release'))
+        return sum(t.numel() * t.element_size() for t in got.values())
+
+    def same_as_ref():
+        a, b = tree(ref), tree(dst)
+        assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+        for k in a:
+            assert a[k][0] == b[k][0], 'differs from the uninterrupted run: ' + k
+
+    def killed(frac, sync):
+        shutil.rmtree(dst, ignore_errors=True)
+        env = {'CKBRIDGE_TEST_KILL_AFTER_BYTES': str(total_bytes() * frac // 100)}
+        if sync:
+            env['CKBRIDGE_TEST_SYNC_BYTES'] = str(sync)
+        r = run_td(dst, env=env)
+        assert r.returncode == -9, 'expected SIGKILL, got %d: %s' % (r.returncode, r.stderr)
+        assert not os.path.exists(os.path.join(dst, 'latest_checkpointed_iteration.txt'))
+        assert not os.path.exists(os.path.join(dst, 'release', 'metadata.json'))
+        assert not os.path.exists(os.path.join(dst, 'ckbridge-manifest.json'))
+        if sync:  # item-level progress was recorded and a partial data file kept for the next run
+            prog = os.path.join(dst, '.ckbridge-run', 'torch_dist')
+            assert any(open(os.path.join(prog, f)).read() for f in os.listdir(prog)), 'no progress recorded'
+            assert any(f.endswith('.ckb-partial') for f in os.listdir(os.path.join(dst, 'release')))
+        r = run_td(dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert 'resuming an interrupted run' in r.stderr, r.stderr
+        if sync:  # the partial data files were continued, not written again
+            m = re.search(r'torch_dist: (\d+) bytes of data files kept from the interrupted run', r.stderr)
+            assert m and int(m.group(1)) > 0, r.stderr
+        same_as_ref()
+        assert not any(f.endswith('.ckb-partial') for f in os.listdir(os.path.join(dst, 'release')))
+    for frac, sync in ((10, 4096), (50, 4096), (90, 4096), (50, 0)):
+        H.check('torch_dist killed at %d%% (%s), run again: byte-identical to an uninterrupted run' %
+                (frac, 'progress every 4 KiB' if sync else 'default progress granularity'), killed, frac, sync)
+
+    def twice():
+        shutil.rmtree(dst, ignore_errors=True)
+        env = {'CKBRIDGE_TEST_SYNC_BYTES': '4096'}
+        for frac in (30, 40):
+            env['CKBRIDGE_TEST_KILL_AFTER_BYTES'] = str(total_bytes() * frac // 100)
+            r = run_td(dst, env=env)
+            assert r.returncode == -9, r.stderr
+        r = run_td(dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        same_as_ref()
+    H.check('torch_dist killed twice, run again: byte-identical', twice)
+
+    def other_args():
+        shutil.rmtree(dst, ignore_errors=True)
+        r = run_td(dst, env={'CKBRIDGE_TEST_KILL_AFTER_BYTES': str(total_bytes() // 2), 'CKBRIDGE_TEST_SYNC_BYTES': '4096'})
+        assert r.returncode == -9, r.stderr
+        before = tree(dst)
+        r = run_td(dst, ['--amax_epsilon', '1e-4'])
+        assert r.returncode != 0 and 'partial output of a different conversion' in r.stderr, r.stdout + r.stderr
+        assert tree(dst) == before
+    H.check('torch_dist: other arguments over a partial output refused, partial output untouched', other_args)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,9 @@
 // which torch + the safetensors library wrote from the same tensors before the save.
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
 #include <cstring>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -287,6 +289,53 @@ BOOST_AUTO_TEST_CASE(writer_refuses_bad_plans) {
   w.chunks[0].produce = [](Tensor& s) { s = Tensor(DType::F32, {2}); return s.cview(); };
   check_error([&] { td::write_checkpoint(t.p, {w}, {}); }, {"'x'", "producer"});
   BOOST_CHECK(fs::is_empty(t.p));
+}
+
+// Resumable writing: a write that fails part-way (a producer throws after some chunks) leaves
+// partial data files and progress records; the same write again continues them and ends with
+// Megatron-Core's bytes, as an uninterrupted write does; over a completed write it keeps every file.
+BOOST_AUTO_TEST_CASE(resumable_write_continues) {
+  const fs::path src = kData / "gpt_tiny";
+  td::Reader r(src);
+  safetensors::File ref(kData / "gpt_tiny.ref.safetensors");
+  TmpDir out("resume");
+  td::WriteOptions o;
+  o.files = 2;
+  o.checkpoint_id = r.metadata().checkpoint_id;
+  o.save_id = r.metadata().save_id;
+  o.fsync = false;
+  o.progress_dir = out.p / ".progress";
+  o.sync_bytes = 1;  // record after every item
+  for (const std::size_t fail_after : {std::size_t(5), std::size_t(40)}) {
+    fs::remove_all(out.p);
+    std::vector<td::WriteEntry> failing = entries_like(r.metadata(), ref);
+    auto count = std::make_shared<std::atomic<std::size_t>>(0);
+    for (auto& e : failing)
+      for (auto& c : e.chunks)
+        if (c.produce)
+          c.produce = [inner = c.produce, count, fail_after](Tensor& s) {
+            if (++*count > fail_after) fail("injected failure");
+            return inner(s);
+          };
+    check_error([&] { td::write_checkpoint(out.p, failing, o); }, {"injected failure"});
+    BOOST_CHECK(!fs::exists(out.p / "metadata.json"));
+    bool partial = false;
+    for (const auto& f : fs::directory_iterator(out.p))
+      partial |= f.path().filename().string().ends_with(".ckb-partial");
+    BOOST_CHECK_MESSAGE(partial, "no partial data file kept");
+    const auto rep = td::write_checkpoint(out.p, entries_like(r.metadata(), ref), o);
+    BOOST_CHECK_MESSAGE(rep.resumed_bytes > 0 && rep.resumed_bytes < rep.bytes, "kept " << rep.resumed_bytes << " of " << rep.bytes);
+    for (const char* f : {"__0_0.distcp", "__0_1.distcp", "metadata.json"})
+      BOOST_CHECK_MESSAGE(slurp(out.p / f) == slurp(src / f), "resumed after " << fail_after << ": " << f << " differs");
+    const std::string mine = slurp(out.p / ".metadata");
+    BOOST_CHECK(td::parse_metadata(std::as_bytes(std::span(mine.data(), mine.size())), "ours").entries == r.metadata().entries);
+    for (const auto& f : fs::directory_iterator(out.p))
+      BOOST_CHECK_MESSAGE(!f.path().filename().string().ends_with(".ckb-partial"), "left behind: " << f.path());
+  }
+  // over a completed write: every data file kept
+  const auto rep = td::write_checkpoint(out.p, entries_like(r.metadata(), ref), o);
+  BOOST_CHECK_EQUAL(rep.resumed_bytes, rep.bytes);
+  BOOST_CHECK(slurp(out.p / "__0_0.distcp") == slurp(src / "__0_0.distcp"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

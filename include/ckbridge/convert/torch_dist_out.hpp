@@ -5,7 +5,9 @@
 // common.pt holding what a legacy rank file holds besides the model (args with
 // ckpt_format='torch_dist', checkpoint_version, iteration). A torch_dist checkpoint does not depend
 // on the parallel layout, so no TP/PP/EP choice enters it.
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,7 +25,37 @@ struct TorchDistOutOptions {
   bool gated = true;
   unsigned files = 2;  // data files (writer threads); Megatron-Core's default layout with 2
   bool fsync = true;
+  // Resumable writing (torch_dist_writer.hpp): where the writer keeps its progress (the run state
+  // directory of convert/resume.hpp), how often it records it, and a fixed StorageMeta.save_id so
+  // that a resumed run writes the same `.metadata` (empty: random).
+  std::filesystem::path progress_dir;
+  std::uint64_t sync_bytes = std::uint64_t(256) << 20;
+  std::string save_id;
+  bool write_small_files = true;  // the tracker; false: the caller writes plan.small_files (finish_run)
+  // Called with the bytes of each chunk before it is written (progress, test seams).
+  std::function<void(std::uint64_t)> on_chunk;
 };
+
+// A uuid4-formatted id derived from a string (a run fingerprint): the same run, the same id.
+inline std::string uuid_from(const std::string& s) {
+  std::uint64_t h1 = 1469598103934665603ull, h2 = 0x9e3779b97f4a7c15ull;
+  for (unsigned char c : s) {
+    h1 = (h1 ^ c) * 1099511628211ull;
+    h2 = (h2 ^ c) * 0x100000001b3ull + 0x9e3779b9u;
+  }
+  unsigned char b[16];
+  for (int k = 0; k < 8; ++k) b[k] = static_cast<unsigned char>(h1 >> (8 * k)), b[8 + k] = static_cast<unsigned char>(h2 >> (8 * k));
+  b[6] = static_cast<unsigned char>((b[6] & 0x0F) | 0x40);
+  b[8] = static_cast<unsigned char>((b[8] & 0x3F) | 0x80);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += hex[b[i] >> 4];
+    out += hex[b[i] & 15];
+  }
+  return out;
+}
 
 // The write entries for the model dict of a single-rank legacy plan file.
 inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutFile& f, const TorchDistOutOptions& o) {
@@ -35,7 +67,8 @@ inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutF
     if (e.kind == EntryKind::None) continue;  // _extra_state: derived from the linears below
     if (e.kind == EntryKind::Fp8)
       fail("torch_dist output: '", e.key, "' is a blockwise-FP8 weight; ckbridge does not write FP8 into torch_dist yet "
-           "(pass --dequantize_fp8 to store it as ", "bfloat16)");
+           "(Megatron-Core saves and loads such weights in their high-precision form): pass --dequantize_fp8 to store "
+           "it as --torch_dtype (bfloat16 by default)");
     tensors.push_back(&e);
   }
   std::stable_sort(tensors.begin(), tensors.end(),
@@ -68,8 +101,11 @@ inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutF
       Shape src_sizes = p.sizes;
       if (t.stacked) src_sizes.erase(src_sizes.begin());
       const bool stacked = t.stacked;
+      const auto on_chunk = o.on_chunk;
+      const std::uint64_t chunk_bytes = static_cast<std::uint64_t>(numel(p.sizes)) * dtype_size(e->data.dtype);
       // The legacy producer's tensor (a view of the source, or made in `scratch`), cut to the chunk.
-      c.produce = [prod, src_off, src_sizes, stacked](Tensor& scratch) {
+      c.produce = [prod, src_off, src_sizes, stacked, on_chunk, chunk_bytes](Tensor& scratch) {
+        if (on_chunk) on_chunk(chunk_bytes);
         AnyConstView v = prod.run(scratch);
         if (v.shape != prod.shape) fail("torch_dist output: producer made ", shape_str(v.shape), ", expected ", shape_str(prod.shape));
         for (std::size_t d = 0; d < src_off.size(); ++d) v = v.slice(d, src_off[d], src_off[d] + src_sizes[d]);
@@ -89,14 +125,24 @@ inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutF
   return out;
 }
 
-// Writes the plan's single rank file as a torch_dist checkpoint under `out`.
-inline format::torch_dist::WriteReport write_torch_dist(const Plan& plan, const std::filesystem::path& out,
-                                                        const TorchDistOutOptions& o) {
+// The write entries of a single-rank MCore plan (refuses what torch_dist cannot hold, e.g. FP8
+// weights, before anything is written).
+inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const Plan& plan, const TorchDistOutOptions& o) {
   if (plan.files.size() != 1 || plan.files.front().format != FileFormat::TorchSave)
     fail("internal: torch_dist output needs a single-rank MCore plan, got ", plan.files.size(), " files");
-  const OutFile& f = plan.files.front();
-  const std::filesystem::path iter_dir = out / f.rel.parent_path().parent_path();  // <out>/release
-  auto entries = torch_dist_entries(f, o);
+  return torch_dist_entries(plan.files.front(), o);
+}
+
+// The iteration directory a plan's torch_dist output goes to, relative to the output root.
+inline std::filesystem::path torch_dist_iteration_dir(const Plan& plan) {
+  return plan.files.at(0).rel.parent_path().parent_path();  // release/mp_rank_00/x.pt -> release
+}
+
+// Writes the entries (torch_dist_entries of the plan) as a torch_dist checkpoint under `out`.
+inline format::torch_dist::WriteReport write_torch_dist(const Plan& plan,
+                                                        const std::vector<format::torch_dist::WriteEntry>& entries,
+                                                        const std::filesystem::path& out, const TorchDistOutOptions& o) {
+  const std::filesystem::path iter_dir = out / torch_dist_iteration_dir(plan);
   // common.pt: what a legacy rank file holds besides the model
   std::vector<std::pair<std::string, pickle::Value>> ns;
   std::int64_t iteration = 0;
@@ -114,13 +160,23 @@ inline format::torch_dist::WriteReport write_torch_dist(const Plan& plan, const 
   wo.common = common;
   wo.fsync = o.fsync;
   wo.checkpoint_id = iter_dir.string();
+  wo.progress_dir = o.progress_dir;
+  wo.sync_bytes = o.sync_bytes;
+  wo.save_id = o.save_id;
   auto rep = format::torch_dist::write_checkpoint(iter_dir, entries, wo);
+  if (!o.write_small_files) return rep;
   for (const auto& [rel, text] : plan.small_files) {  // the tracker file
     format::AtomicFileSink s((out / rel).string(), o.fsync);
     s.write(text.data(), text.size());
     s.commit();
   }
   return rep;
+}
+
+// The same, entries made from the plan.
+inline format::torch_dist::WriteReport write_torch_dist(const Plan& plan, const std::filesystem::path& out,
+                                                        const TorchDistOutOptions& o) {
+  return write_torch_dist(plan, torch_dist_entries(plan, o), out, o);
 }
 
 }  // namespace ckbridge::convert
