@@ -405,6 +405,7 @@ int main(int argc, char** argv) {
       convert::TorchDistOutOptions to;
       to.num_experts = shape.num_experts;
       to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
+      if (mc.homogeneous_layers) to.stacked_layers = mc.num_layers;
       to.files = static_cast<unsigned>(std::max(2, f.max_workers));
       const auto rep = convert::write_torch_dist(plan, out, to);
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
