@@ -404,6 +404,7 @@ int main(int argc, char** argv) {
              "(its data files by threads, --max_workers)");
       to.num_experts = shape.num_experts;
       to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
+      if (mc.homogeneous_layers) to.stacked_layers = mc.num_layers;
       to.files = static_cast<unsigned>(std::max(2, f.max_workers));
       // Test seam for the kill-and-resume tests (as the legacy writer's): die (SIGKILL, no cleanup)
       // once this many chunk bytes were produced; progress is recorded every

@@ -132,21 +132,52 @@ def convert(cfg, conv, src, dst, flags, model='deepseek_v3', expect_ok=True):
     return r.stdout + r.stderr
 
 
-def expected_from_legacy(leg_dir):
-    """The legacy tp1 model dict with sequential experts stacked the torch_dist way."""
+def expected_from_legacy(leg_dir, stack_layers=False):
+    """The legacy tp1 model dict with sequential experts stacked the torch_dist way, and the decoder
+    layers stacked too for a model whose layers are all alike (Megatron's non_homogeneous_layers
+    false)."""
     sd = torch.load(os.path.join(leg_dir, 'release', 'mp_rank_00', 'model_optim_rng.pt'))['model']
-    out, per = {}, {}
-    for k, v in sd.items():
-        if v is None:
-            continue
-        m = re.fullmatch(r'(.*)\.local_experts\.(\d+)\.(.*)', k)
-        if m:
-            per.setdefault('%s.experts.%s' % (m.group(1), m.group(3)), {})[int(m.group(2))] = v
-        else:
-            out[k] = v
-    for k, d in per.items():
-        out[k] = torch.stack([d[e] for e in sorted(d)])
+
+    def stack(d, pattern, fmt):
+        out, per = {}, {}
+        for k, v in d.items():
+            m = re.fullmatch(pattern, k)
+            if m:
+                per.setdefault(fmt % (m.group(1), m.group(3)), {})[int(m.group(2))] = v
+            else:
+                out[k] = v
+        for k, parts in per.items():
+            assert sorted(parts) == list(range(len(parts))), (k, sorted(parts))
+            out[k] = torch.stack([parts[i] for i in sorted(parts)])
+        return out
+    out = stack({k: v for k, v in sd.items() if v is not None}, r'(.*)\.local_experts\.(\d+)\.(.*)', '%s.experts.%s')
+    if stack_layers:
+        out = stack(out, r'(decoder)\.layers\.(\d+)\.(.*)', '%s.layers.%s')
     return out
+
+
+def extra_state_keys(got):
+    """The `_extra_state` object keys Megatron-Core saves for the linears of `got` (torch_dist keys):
+    shard_<offsets>_<sizes> over the prepended axes (stacked layers, then stacked experts)."""
+    keys = set()
+    for k, t in got.items():
+        m = re.fullmatch(r'(.*\.(?:linear_\w+|eh_proj))\.weight', k)
+        if not m:
+            continue
+        counts = []
+        if re.match(r'decoder\.layers\.[^0-9]', k):
+            counts.append(t.shape[len(counts)])
+        if '.experts.experts.' in k:
+            counts.append(t.shape[len(counts)])
+        if not counts:
+            keys.add(m.group(1) + '._extra_state/shard_0_1')
+            continue
+        idx = [[]]
+        for n in counts:
+            idx = [i + [j] for i in idx for j in range(n)]
+        for i in idx:
+            keys.add('%s._extra_state/shard_%s_%s' % (m.group(1), '.'.join(map(str, i)), '.'.join(map(str, counts))))
+    return keys
 
 
 def run_all(work):
@@ -241,29 +272,26 @@ def run_all(work):
                                                                       b[k].view(-1).view(torch.uint8)), (f, k)
     H.check('DeepSeek V3 legacy tp2 pp2 ep2 -> torch_dist -> legacy tp1 pp1 ep4 equals the direct reshard', to_ep4)
 
-    def same_as_legacy(name, cfg, conv, src, model):
+    def same_as_legacy(name, cfg, conv, src, model, stack_layers):
         td, leg = os.path.join(work, name + '_td2'), os.path.join(work, name + '_leg')
         convert(cfg, conv, src, td, ['--ckpt-format', 'torch_dist', '--max_workers', '3'], model)
         convert(cfg, conv, src, leg, [], model)
         got, objs, sdm = read_tensors(os.path.join(td, 'release'))
-        want = expected_from_legacy(leg)
+        want = expected_from_legacy(leg, stack_layers)
         assert sorted(got) == sorted(want), (sorted(set(got) ^ set(want)))[:8]
         for k in want:
             assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
             assert torch.equal(got[k].view(-1).view(torch.uint8), want[k].contiguous().view(-1).view(torch.uint8)), k
-        linears = [k[:-len('.weight')] for k in got if re.search(r'\.(linear_\w+|eh_proj)\.weight$', k)]
-        assert linears
-        for m in linears:
-            n = got[m + '.weight'].shape[0] if '.experts.experts.' in m else 1
-            for e in range(n):
-                key = '%s._extra_state/shard_%d_%d' % (m, e, n)
-                assert objs.get(key) == [None], (key, objs.get(key))
-        assert len(objs) == sum(got[m + '.weight'].shape[0] if '.experts.experts.' in m else 1 for m in linears)
+        keys = extra_state_keys(got)
+        assert keys and set(objs) == keys, (sorted(set(objs) ^ keys))[:8]
+        for key in keys:
+            assert objs[key] == [None], (key, objs[key])
         assert len(sorted(f for f in os.listdir(os.path.join(td, 'release')) if f.endswith('.distcp'))) == 3
     H.check('DeepSeek V3 HF -> torch_dist (3 data files): every tensor equals the legacy tp1 output, experts stacked',
-            same_as_legacy, 'ds', DS_CFG, DS_CONV, ds16, 'deepseek_v3')
-    H.check('Llama 3 HF -> torch_dist: every tensor equals the legacy tp1 output',
-            same_as_legacy, 'll', LL_CFG, LL_CONV, ll16, 'llama3')
+            same_as_legacy, 'ds', DS_CFG, DS_CONV, ds16, 'deepseek_v3', False)
+    H.check('Llama 3 HF -> torch_dist: every tensor equals the legacy tp1 output, decoder layers stacked',
+            same_as_legacy, 'll', LL_CFG, LL_CONV, ll16, 'llama3', True)
+
 
     def fp8_dequantized():
         td, leg = os.path.join(work, 'ds8_td'), os.path.join(work, 'ds8_leg')
@@ -317,6 +345,35 @@ def run_all(work):
         to_hf(meg, back, DS_CFG, DS_CONV)
         same_files(ds16, back)
     H.check('Megatron-Core-saved torch_dist of DeepSeek V3 -> HF byte-identical to the HF source', megatron_saved_to_hf)
+
+    def megatron_bytes_stacked():
+        # Qwen3 dense (every layer alike): Megatron-Core stacks the decoder layers along a prepended
+        # axis; its own save of this model is the fixture qwen3_tiny_megatron
+        import ckb_families as fam
+        f = fam.FAMILIES['qwen3']
+        src, dst = os.path.join(work, 'q3_hf'), os.path.join(work, 'q3_td')
+        fam.generate(f, src, 'bf16')
+        convert(f.tiny, f.convert, src, dst, ['--ckpt_format', 'torch_dist'], 'qwen3')
+        rel, ref = os.path.join(dst, 'release'), os.path.join(DATA, 'qwen3_tiny_megatron')
+        assert open(os.path.join(rel, 'metadata.json'), 'rb').read() == open(os.path.join(ref, 'metadata.json'), 'rb').read()
+        want = {line.split()[2]: (line.split()[0], int(line.split()[1])) for line in open(os.path.join(ref, 'data_files.sha256'))}
+        have = {f: (hashlib.sha256(open(os.path.join(rel, f), 'rb').read()).hexdigest(), os.path.getsize(os.path.join(rel, f)))
+                for f in os.listdir(rel) if f.endswith('.distcp')}
+        assert have == want, 'data files differ from Megatron-Core\'s: %s vs %s' % (have, want)
+        a, b = summary(read_metadata(os.path.join(rel, '.metadata'))), summary(read_metadata(os.path.join(ref, '.metadata')))
+        assert list(a[0]) == list(b[0]), 'key order differs'
+        assert a[0] == b[0], [k for k in a[0] if a[0][k] != b[0].get(k)][:5]
+        assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
+        assert any(k.startswith('decoder.layers.self_attention.') for k in a[0]), 'layers not stacked'
+        back = os.path.join(work, 'q3_back')
+        to_hf(dst, back, f.tiny, f.convert, 'qwen3')
+        import ckb_numpy as cn
+        a, b = cn.read_hf(src), cn.read_hf(back)
+        assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))[:8]
+        for k in a:
+            assert a[k][0] == b[k][0] and a[k][1].tobytes() == b[k][1].tobytes(), k
+    H.check('Qwen3 HF -> torch_dist (layers stacked): data files byte-identical to Megatron-Core\'s save, same '
+            'metadata; -> HF byte-identical', megatron_bytes_stacked)
 
     def refusals():
         for flags, needle, src in (

@@ -5,6 +5,7 @@ made with megatron-core 0.16.1 and torch 2.15.0 (CPU wheels, Python 3.11), singl
 world size 1), following the CPU recipe in the reference notes on torch_dist:
     python tests/tools/make_torch_dist_fixtures.py tests/data/torch_dist
     python tests/tools/make_torch_dist_fixtures.py --ds-tiny build tests/data/torch_dist/ds_tiny_megatron
+    python tests/tools/make_torch_dist_fixtures.py --family qwen3 build tests/data/torch_dist/qwen3_tiny_megatron
 
 Each fixture directory <name>/ holds what `dist_checkpointing.save` wrote (metadata.json,
 common.pt, .metadata, __0_0.distcp, __0_1.distcp), and <name>.ref.safetensors holds every sharded
@@ -178,7 +179,70 @@ def ds_tiny(build, dest):
         shutil.rmtree(work)
 
 
+def family_tiny(family, build, dest):
+    """Megatron-Core's own save of a family's tiny model as CI converts it (tests/python/ckb_families.py,
+    seed 0): ckbridge converts the BF16 HF checkpoint to a LEGACY tp1 checkpoint, Megatron-Core's
+    GPTModel (local spec, bf16, built from the HF config.json by tests/gpu/mcore_family_forward.py)
+    loads it and saves it with dist_checkpointing.save(model.sharded_state_dict()). For a model whose
+    layers are all alike (no moe_layer_freq list), Megatron stacks the decoder layers. Kept:
+    .metadata, metadata.json and the size + sha256 of each data file."""
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    import torch
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
+    sys.path.insert(0, os.path.join(root, 'tests', 'gpu'))
+    sys.path.insert(0, os.path.join(root, 'tests', 'python'))
+    import ckb_families as fam
+    import mcore_family_forward as mff
+    from megatron.core import dist_checkpointing, tensor_parallel
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+    f = fam.FAMILIES[family]
+    work = tempfile.mkdtemp()
+    try:
+        hf, leg = os.path.join(work, 'hf'), os.path.join(work, 'leg')
+        fam.generate(f, hf, 'bf16')
+        subprocess.run([os.path.join(build, 'examples', 'ckbridge_convert'), '--model', family, '--load_platform',
+                        'huggingface', '--save_platform', 'mcore', '--config_file', f.tiny, '--convert_file', f.convert,
+                        '--load_ckpt_path', hf, '--save_ckpt_path', leg, '--safetensors', '-q'], check=True)
+        setup()
+        tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
+        c = json.load(open(os.path.join(hf, 'config.json')))
+        config = mff.build_config(c, 1, 1, cpu=True)
+        mff.patch_megatron()
+        spec = get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization='RMSNorm')
+        sd = torch.load(os.path.join(leg, 'release', 'mp_rank_00', 'model_optim_rng.pt'), weights_only=False)['model']
+        vp = sd['embedding.word_embeddings.weight'].shape[0]
+        model = GPTModel(config, transformer_layer_spec=spec, vocab_size=vp, max_sequence_length=32, pre_process=True,
+                         post_process=True, parallel_output=False,
+                         share_embeddings_and_output_weights=bool(c.get('tie_word_embeddings')),
+                         position_embedding_type='rope').to(torch.bfloat16)
+        own = model.state_dict()
+        sd = {mff.to_local(k): v for k, v in sd.items() if not (v is None and mff.to_local(k) not in own)}
+        res = model.load_state_dict(sd, strict=False)
+        assert not res.missing_keys and not res.unexpected_keys, res
+        out = os.path.join(work, 'saved')
+        os.makedirs(out)
+        dist_checkpointing.save(model.sharded_state_dict(), out)
+        os.makedirs(dest, exist_ok=False)
+        for name in ('.metadata', 'metadata.json'):
+            shutil.copy(os.path.join(out, name), os.path.join(dest, name))
+        with open(os.path.join(dest, 'data_files.sha256'), 'w') as fh:
+            for name in sorted(os.listdir(out)):
+                if name.endswith('.distcp'):
+                    data = open(os.path.join(out, name), 'rb').read()
+                    fh.write('%s %d %s\n' % (hashlib.sha256(data).hexdigest(), len(data), name))
+    finally:
+        shutil.rmtree(work)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == '--family':  # --family NAME BUILD_DIR DEST_DIR (needs the built converter)
+        family_tiny(sys.argv[2], sys.argv[3], sys.argv[4])
+        sys.exit(0)
     if sys.argv[1] == '--ds-tiny':  # --ds-tiny BUILD_DIR DEST_DIR (needs the built converter)
         ds_tiny(sys.argv[2], sys.argv[3])
         sys.exit(0)

@@ -48,6 +48,9 @@ struct ModelConfig {
   std::int64_t moe_shared_expert_intermediate_size = 0;   // 0: no shared expert
   std::int64_t num_experts = 0;                           // 0: dense model
   std::vector<int> moe_layer_freq;                        // per layer: 1 = MoE, 0 = dense
+  // Megatron-Core's `non_homogeneous_layers` is false: moe_layer_freq was not given as a list nor
+  // as an int > 1. Its torch_dist checkpoints then stack the decoder layers along a prepended axis.
+  bool homogeneous_layers = true;
   std::int64_t q_lora_rank = 0;                           // 0: no q compression (V2-Lite style)
   std::int64_t kv_lora_rank = 0;
   std::int64_t qk_head_dim = 0;                           // HF qk_nope_head_dim
@@ -296,9 +299,14 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   }
   if (auto f = detail::yget(m, "moe_layer_freq")) {
     c.moe_layer_freq = detail::expand_moe_layer_freq(*f, c.num_layers, source);
+    // a list (or list expression), or every k-th layer with k > 1
+    c.homogeneous_layers = !f->IsSequence() && f->Scalar().find('[') == std::string::npos &&
+                           std::all_of(c.moe_layer_freq.begin(), c.moe_layer_freq.end(),
+                                       [&](int v) { return v == c.moe_layer_freq.front(); });
   } else {
     std::int64_t k = 0;
     detail::yread(m, "first_k_dense_replace", k, source, false);
+    c.homogeneous_layers = k == 0 || c.num_experts == 0;  // LoongForge turns first_k_dense_replace into a list
     for (std::int64_t i = 0; i < c.num_layers; ++i) c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k ? 1 : 0);
   }
   c.resolve_router_defaults();
@@ -427,6 +435,7 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   if (freq <= 0) fail(source, ": key 'moe_layer_freq': must be > 0, got ", freq);
   for (std::int64_t i = 0; i < c.num_layers; ++i)
     c.moe_layer_freq.push_back(c.num_experts > 0 && i >= k && i % freq == 0 ? 1 : 0);
+  c.homogeneous_layers = c.num_experts == 0 || (k == 0 && freq == 1);
   c.resolve_router_defaults();
   c.validate(source);
   return c;

@@ -4,6 +4,7 @@
 // torch_dist_keys.hpp: stacked experts back to `local_experts.<e>`, `_extra_state` objects to None
 // entries), which the legacy readers then convert. It costs one extra write of the model; reading
 // the torch_dist chunks directly in the planners is left for later (docs/torch-dist-format.md §8).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -48,36 +49,71 @@ inline void unpack_torch_dist(const std::filesystem::path& src_iter, const std::
   OutFile f;
   f.rel = fs::path("release") / "mp_rank_00" / "model_optim_rng.pt";
   f.format = FileFormat::TorchSave;
+  // Prepended axes of a key (no strides: torch's ShardedTensor path): decoder layers stacked
+  // (`decoder.layers.<not a number>...`, a homogeneous model) then experts (`.experts.experts.`).
+  static const std::regex layers_re(R"(decoder\.layers\.([^0-9].*))");
   static const std::regex expert_re(R"((.*)\.experts\.experts\.(.*))");
-  static const std::regex extra_re(R"((.*)\._extra_state/shard_(\d+)_(\d+))");
+  static const std::regex extra_re(R"((.*)\._extra_state/shard_([0-9.]+)_([0-9.]+))");
+  // The legacy key of `fqn` at prepended offsets `idx` (layer first, then expert).
+  auto legacy_key = [](std::string fqn, bool layer, bool expert, const std::vector<std::int64_t>& idx) {
+    std::size_t a = 0;
+    std::smatch m;
+    if (layer) {
+      std::regex_match(fqn, m, layers_re);
+      fqn = "decoder.layers." + std::to_string(idx[a++]) + "." + m[1].str();
+    }
+    if (expert && std::regex_match(fqn, m, expert_re))
+      fqn = m[1].str() + ".experts.local_experts." + std::to_string(idx[a++]) + "." + m[2].str();
+    return fqn;
+  };
   for (const auto& e : reader->metadata().entries) {
     std::smatch m;
     if (e.bytes) {
       if (!std::regex_match(e.fqn, m, extra_re)) continue;  // other objects have no legacy form
-      std::string mod = m[1];
-      const std::string idx = m[2];
-      std::smatch x;
-      if (std::regex_match(mod, x, expert_re)) mod = x[1].str() + ".experts.local_experts." + idx + "." + x[2].str();
+      const std::string mod = m[1];
+      std::vector<std::int64_t> idx;
+      const std::string offs = m[2];
+      for (std::size_t p = 0; p <= offs.size();) {
+        const std::size_t q = std::min(offs.find('.', p), offs.size());
+        idx.push_back(std::stoll(offs.substr(p, q - p)));
+        p = q + 1;
+      }
+      const bool layer = std::regex_match(mod, layers_re), expert = std::regex_match(mod, expert_re);
+      if (idx.size() != std::size_t(layer) + std::size_t(expert) && !(idx.size() == 1 && !layer && !expert))
+        fail(src_iter.string(), ": object '", e.fqn, "' has ", idx.size(), " offsets for ", int(layer) + int(expert),
+             " stacked axes");
       OutEntry oe;
       oe.kind = EntryKind::None;
       oe.dict = "model";
-      oe.key = mod + "._extra_state";
+      oe.key = legacy_key(mod, layer, expert, idx) + "._extra_state";
       f.entries.push_back(std::move(oe));
       continue;
     }
-    const bool stacked = std::regex_match(e.fqn, m, expert_re) && !e.strides && e.size.size() >= 2;
-    const std::int64_t n = stacked ? e.size[0] : 1;
-    for (std::int64_t i = 0; i < n; ++i) {
+    const bool plain = e.strides.has_value();
+    const bool layer = !plain && std::regex_match(e.fqn, layers_re);
+    const bool expert = !plain && std::regex_match(e.fqn, expert_re);
+    const std::size_t np = std::size_t(layer) + std::size_t(expert);
+    if (e.size.size() < np + 1)
+      fail(src_iter.string(), ": tensor '", e.fqn, "' of shape ", shape_str(e.size), " has too few axes for ", np,
+           " stacked axes");
+    const Shape counts(e.size.begin(), e.size.begin() + static_cast<std::ptrdiff_t>(np));
+    const Shape shape(e.size.begin() + static_cast<std::ptrdiff_t>(np), e.size.end());
+    std::int64_t total = 1;
+    for (auto c : counts) total *= c;
+    for (std::int64_t i = 0; i < total; ++i) {
+      std::vector<std::int64_t> idx(np);
+      for (std::size_t a = np, r = static_cast<std::size_t>(i); a-- > 0;) {
+        idx[a] = static_cast<std::int64_t>(r % static_cast<std::size_t>(counts[a]));
+        r /= static_cast<std::size_t>(counts[a]);
+      }
       OutEntry oe;
       oe.kind = EntryKind::Tensor;
       oe.dict = "model";
-      oe.key = stacked ? m[1].str() + ".experts.local_experts." + std::to_string(i) + "." + m[2].str() : e.fqn;
+      oe.key = legacy_key(e.fqn, layer, expert, idx);
       Shape off(e.size.size(), 0), sz = e.size;
-      Shape shape = e.size;
-      if (stacked) {
-        off[0] = i;
-        sz[0] = 1;
-        shape.erase(shape.begin());
+      for (std::size_t a = 0; a < np; ++a) {
+        off[a] = idx[a];
+        sz[a] = 1;
       }
       oe.data.dtype = e.dtype;
       oe.data.shape = shape;

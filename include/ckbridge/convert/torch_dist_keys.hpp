@@ -5,6 +5,9 @@
 // the model's MLP is gated (SwiGLU). docs/torch-dist-format.md §5 lists where each rule comes from
 // (Megatron-Core 0.16.1 sharded_state_dict):
 //   * keys are the module paths of the whole model (global layer numbers; no `model.` prefix);
+//   * decoder layers of a homogeneous model (Megatron's non_homogeneous_layers false: moe_layer_freq
+//     not a list nor an int > 1) are stacked: `decoder.layers.<l>.<rest>` [r, c] becomes chunk
+//     (l, 0, 0) of `decoder.layers.<rest>` [L, r, c]; otherwise layers keep their own keys;
 //   * sequential experts are stacked: `...experts.local_experts.<e>.<linear>.weight` [r, c] becomes
 //     chunk (e, 0, 0) of `...experts.experts.<linear>.weight` [E, r, c] (prepended expert axis:
 //     TensorProperties.strides None);
@@ -12,7 +15,8 @@
 //     chunks, gate rows then up rows (Megatron's SwiGLU sharded factory); the dense / shared ones
 //     carry MetadataIndex.index 0 and 1;
 //   * every local-spec linear (`linear_*`, `eh_proj`) has an `_extra_state` ShardedObject (data
-//     None) with unique key `<module>._extra_state/shard_0_1`, or `/shard_<e>_<E>` for expert <e>;
+//     None) with unique key `<module>._extra_state/shard_<offsets>_<sizes>` over the prepended axes
+//     (layer, then expert; '.'-joined), `/shard_0_1` with none;
 //   * entries come in module registration order (the order of model.sharded_state_dict()), which
 //     `torch_dist_order` reproduces; with it the data files match Megatron-Core's byte for byte.
 #include <algorithm>
@@ -39,7 +43,8 @@ struct TorchDistPiece {
 struct TorchDistTarget {
   std::string key;
   Shape global;                     // global shape of `key`
-  bool stacked = false;             // prepended expert axis
+  bool stacked = false;             // prepended axes (layer, expert)
+  std::size_t prepended = 0;        // how many
   std::vector<TorchDistPiece> pieces;
   std::optional<std::string> extra_state;  // unique key of the module's _extra_state object
 };
@@ -90,12 +95,27 @@ inline int rank_of(const std::string& c) {
 
 inline bool is_linear(const std::string& m) { return m.rfind("linear_", 0) == 0 || m == "eh_proj"; }
 
+// A TransformerEngine fused-norm name as the local-spec module it is saved for (Megatron's
+// sharded_state_dict_keys_map: the local norm module is saved under the TE name, in its own place
+// in the module order).
+inline std::string local_module_name(const std::string& k) {
+  static const std::pair<std::string_view, std::string_view> te[] = {
+      {"self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight"},
+      {"mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"},
+      {"self_attention.linear_q_up_proj.layer_norm_weight", "self_attention.q_layernorm.weight"},
+      {"self_attention.linear_kv_up_proj.layer_norm_weight", "self_attention.kv_layernorm.weight"}};
+  for (const auto& [t, l] : te)
+    if (k.size() >= t.size() && k.compare(k.size() - t.size(), t.size(), t) == 0)
+      return k.substr(0, k.size() - t.size()) + std::string(l);
+  return k;
+}
+
 }  // namespace td_keys_detail
 
 // Strict weak order of legacy keys in Megatron-Core's module order.
 inline bool torch_dist_order(const std::string& a, const std::string& b) {
   using namespace td_keys_detail;
-  const auto x = split(a), y = split(b);
+  const auto x = split(local_module_name(a)), y = split(local_module_name(b));
   for (std::size_t i = 0; i < x.size() && i < y.size(); ++i) {
     if (x[i] == y[i]) continue;
     if (is_number(x[i]) && is_number(y[i])) return std::stoll(x[i]) < std::stoll(y[i]);
@@ -107,11 +127,20 @@ inline bool torch_dist_order(const std::string& a, const std::string& b) {
 }
 
 // The torch_dist target of legacy tensor `key` of shape `shape`. `num_experts`: routed experts per
-// MoE layer; `gated`: the MLPs are gated (SwiGLU), so linear_fc1 weights are saved in two chunks.
-inline TorchDistTarget torch_dist_target(const std::string& key, const Shape& shape, std::int64_t num_experts, bool gated) {
+// MoE layer; `gated`: the MLPs are gated (SwiGLU), so linear_fc1 weights are saved in two chunks;
+// `stacked_layers`: the model's layer count when its decoder layers are stacked (0: they are not).
+inline TorchDistTarget torch_dist_target(const std::string& key, const Shape& shape, std::int64_t num_experts, bool gated,
+                                         std::int64_t stacked_layers = 0) {
   using namespace td_keys_detail;
   auto parts = split(key);
   TorchDistTarget t;
+  std::vector<std::pair<std::int64_t, std::int64_t>> axes;  // prepended (offset, size), outermost first
+  if (stacked_layers > 0 && parts.size() > 3 && parts[0] == "decoder" && parts[1] == "layers" && is_number(parts[2])) {
+    const std::int64_t l = std::stoll(parts[2]);
+    if (l >= stacked_layers) fail("torch_dist: ", key, ": layer ", l, " but the model has ", stacked_layers, " layers");
+    axes.emplace_back(l, stacked_layers);
+    parts.erase(parts.begin() + 2);
+  }
   std::optional<std::int64_t> expert;
   for (std::size_t i = 0; i + 1 < parts.size(); ++i)
     if (parts[i] == "local_experts" && is_number(parts[i + 1])) {
@@ -123,25 +152,26 @@ inline TorchDistTarget torch_dist_target(const std::string& key, const Shape& sh
   for (std::size_t i = 0; i < parts.size(); ++i) t.key += (i ? "." : "") + parts[i];
   if (expert && (num_experts <= 0 || *expert >= num_experts))
     fail("torch_dist: ", key, ": expert ", *expert, " but the model has ", num_experts, " experts");
+  if (expert) axes.emplace_back(*expert, num_experts);
   const std::string leaf = parts.back();
   const std::string module = parts.size() >= 2 ? parts[parts.size() - 2] : std::string();
   if (leaf == "weight" && is_linear(module)) {
-    std::string m;
+    std::string m, off, size;
     for (std::size_t i = 0; i + 1 < parts.size(); ++i) m += (i ? "." : "") + parts[i];
-    t.extra_state = m + "._extra_state/shard_" + std::to_string(expert.value_or(0)) + "_" +
-                    std::to_string(expert ? num_experts : 1);
+    for (const auto& [o, n] : axes) {
+      off += (off.empty() ? "" : ".") + std::to_string(o);
+      size += (size.empty() ? "" : ".") + std::to_string(n);
+    }
+    t.extra_state = m + "._extra_state/shard_" + (axes.empty() ? "0" : off) + "_" + (axes.empty() ? "1" : size);
   }
   const bool swiglu = gated && module == "linear_fc1" && leaf == "weight";
   if (swiglu && (shape.size() != 2 || shape[0] % 2))
     fail("torch_dist: ", key, ": gated linear_fc1 weight of shape ", shape_str(shape), " has no even row count");
   const std::size_t r = shape.size();
-  if (expert) {
-    t.stacked = true;
-    t.global = shape;
-    t.global.insert(t.global.begin(), num_experts);
-  } else {
-    t.global = shape;
-  }
+  t.prepended = axes.size();
+  t.stacked = !axes.empty();
+  t.global = shape;
+  for (auto it = axes.rbegin(); it != axes.rend(); ++it) t.global.insert(t.global.begin(), it->second);
   const std::int64_t halves = swiglu ? 2 : 1;
   for (std::int64_t h = 0; h < halves; ++h) {
     TorchDistPiece p;
@@ -153,9 +183,11 @@ inline TorchDistTarget torch_dist_target(const std::string& key, const Shape& sh
       p.source_offsets[0] = h * p.sizes[0];
     }
     p.offsets = p.source_offsets;
-    if (expert) {
-      p.offsets.insert(p.offsets.begin(), *expert);
-      p.sizes.insert(p.sizes.begin(), 1);
+    if (t.stacked) {
+      for (auto it = axes.rbegin(); it != axes.rend(); ++it) {
+        p.offsets.insert(p.offsets.begin(), it->first);
+        p.sizes.insert(p.sizes.begin(), 1);
+      }
     } else if (swiglu) {
       p.index = h;
     }

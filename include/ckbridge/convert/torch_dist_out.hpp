@@ -23,6 +23,7 @@ namespace ckbridge::convert {
 struct TorchDistOutOptions {
   std::int64_t num_experts = 0;
   bool gated = true;
+  std::int64_t stacked_layers = 0;  // the layer count when decoder layers are stacked (homogeneous model)
   unsigned files = 2;  // data files (writer threads); Megatron-Core's default layout with 2
   bool fsync = true;
   // Resumable writing (torch_dist_writer.hpp): where the writer keeps its progress (the run state
@@ -76,7 +77,7 @@ inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutF
   std::vector<td::WriteEntry> out;
   std::map<std::string, std::size_t> pos;
   for (const OutEntry* e : tensors) {
-    const TorchDistTarget t = torch_dist_target(e->key, e->data.shape, o.num_experts, o.gated);
+    const TorchDistTarget t = torch_dist_target(e->key, e->data.shape, o.num_experts, o.gated, o.stacked_layers);
     auto it = pos.find(t.key);
     if (it == pos.end()) {
       td::WriteEntry w;
@@ -99,17 +100,17 @@ inline std::vector<format::torch_dist::WriteEntry> torch_dist_entries(const OutF
       const Producer prod = e->data;
       const Shape src_off = p.source_offsets;
       Shape src_sizes = p.sizes;
-      if (t.stacked) src_sizes.erase(src_sizes.begin());
-      const bool stacked = t.stacked;
+      src_sizes.erase(src_sizes.begin(), src_sizes.begin() + static_cast<std::ptrdiff_t>(t.prepended));
+      const std::size_t prepended = t.prepended;
       const auto on_chunk = o.on_chunk;
       const std::uint64_t chunk_bytes = static_cast<std::uint64_t>(numel(p.sizes)) * dtype_size(e->data.dtype);
       // The legacy producer's tensor (a view of the source, or made in `scratch`), cut to the chunk.
-      c.produce = [prod, src_off, src_sizes, stacked, on_chunk, chunk_bytes](Tensor& scratch) {
+      c.produce = [prod, src_off, src_sizes, prepended, on_chunk, chunk_bytes](Tensor& scratch) {
         if (on_chunk) on_chunk(chunk_bytes);
         AnyConstView v = prod.run(scratch);
         if (v.shape != prod.shape) fail("torch_dist output: producer made ", shape_str(v.shape), ", expected ", shape_str(prod.shape));
         for (std::size_t d = 0; d < src_off.size(); ++d) v = v.slice(d, src_off[d], src_off[d] + src_sizes[d]);
-        if (stacked) {  // leading expert axis of 1
+        for (std::size_t a = 0; a < prepended; ++a) {  // leading layer / expert axes of 1
           v.strides.insert(v.strides.begin(), v.shape.empty() ? 1 : v.strides[0] * v.shape[0]);
           v.shape.insert(v.shape.begin(), 1);
         }
