@@ -18,8 +18,11 @@ The generator itself is checked against the published DeepSeek-V3 header dump's 
 tensors, 688,574,839,360 bytes; deepseek-v3-layout.md §2.4).
 Also: the dry run must not read tensor data. Its wall time and memory are printed (not asserted:
 no timing thresholds in tests; bench/ and README quote them).
+`test_full_scale.py <part>` runs one part (PARTS; one ctest entry each, in parallel); the sparse
+checkpoints are generated once per build directory (test_cache/, keyed by the generator's hash).
 Exits non-zero on failure; the last line is "N passed, M failed".
 """
+import hashlib
 import json
 import os
 import re
@@ -321,9 +324,13 @@ def main():
     if not os.path.exists(CONVERT):
         print('missing %s (build ckbridge_convert first)' % CONVERT)
         return 1
+    part = sys.argv[1] if len(sys.argv) > 1 else None
+    if part is not None and part not in PARTS:
+        print('usage: test_full_scale.py [%s]' % '|'.join(sorted(PARTS)))
+        return 2
     work = tempfile.mkdtemp(prefix='ckb-full-scale-')
     try:
-        run_all(work)
+        run_all(work, part)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print('%d passed, %d failed' % (len(PASSED), len(FAILED)))
@@ -331,13 +338,38 @@ def main():
 
 
 def generate(model, work):
-    d = os.path.join(work, model)
-    subprocess.run([sys.executable, GEN, '--model', model, '--out', d], check=True, capture_output=True)
+    """The sparse checkpoint of `model`, made once per build directory: cached under
+    $CKB_BUILD_DIR/test_cache, keyed by the generator's hash (the parts of this test share it)."""
+    with open(GEN, 'rb') as f:
+        key = hashlib.sha256(f.read()).hexdigest()[:16]
+    cache = os.path.join(BUILD, 'test_cache')
+    d = os.path.join(cache, 'sparse-%s-%s' % (model, key))
+    if os.path.isdir(d):
+        return d
+    os.makedirs(cache, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.sparse-%s-' % model, dir=cache)
+    subprocess.run([sys.executable, GEN, '--model', model, '--out', os.path.join(tmp, 'ckpt')], check=True,
+                   capture_output=True)
+    try:
+        os.rename(os.path.join(tmp, 'ckpt'), d)  # atomic; a part that finished first already put it there
+    except OSError:
+        if not os.path.isdir(d):
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return d
 
 
-def run_all(work):
+# The test runs as ctest entries in parallel (tests/CMakeLists.txt), one per part: the models whose
+# generator checks it runs and the layouts it plans. Without an argument every part runs.
+PARTS = {'dsv3_a': (['deepseek_v3'], [('deepseek_v3', DSV3_LAYOUTS[0]), ('deepseek_v3', DSV3_LAYOUTS[1])]),
+         'dsv3_b_kimi': (['deepseek_v3', 'kimi_k2'], [('deepseek_v3', DSV3_LAYOUTS[2]), ('kimi_k2', KIMI_LAYOUTS[0])])}
+assert sorted(id(L) for p in PARTS.values() for _, L in p[1]) == sorted(id(L) for L in DSV3_LAYOUTS + KIMI_LAYOUTS)
+
+
+def run_all(work, part=None):
     srcs = {}
+    models = {m for p in ([part] if part else PARTS) for m in PARTS[p][0]}
+    runs = [r for p in ([part] if part else PARTS) for r in PARTS[p][1]]
 
     def gen_dsv3():
         d = generate('deepseek_v3', work)
@@ -357,7 +389,8 @@ def run_all(work):
         assert used < 200e6, 'the sparse checkpoint uses %d bytes of disk' % used
         srcs['deepseek_v3'] = (d, Hf(hdr))
         print('    %d tensors, %d bytes of tensor data, %.1f MB on disk' % (len(hdr), total, used / 1e6))
-    check('generator: DeepSeek-V3 671B sparse checkpoint matches the published totals', gen_dsv3)
+    if 'deepseek_v3' in models:
+        check('generator: DeepSeek-V3 671B sparse checkpoint matches the published totals', gen_dsv3)
 
     def gen_kimi():
         d = generate('kimi_k2', work)
@@ -373,23 +406,23 @@ def run_all(work):
         assert 1.0e12 < params < 1.1e12, params  # "1T total parameters"
         srcs['kimi_k2'] = (d, hf)
         print('    %d tensors, %.4g parameters' % (len(hf.h), params))
-    check('generator: Kimi K2 sparse checkpoint (384 experts, 1T parameters)', gen_kimi)
+    if 'kimi_k2' in models:
+        check('generator: Kimi K2 sparse checkpoint (384 experts, 1T parameters)', gen_kimi)
 
-    for model, layouts in (('deepseek_v3', DSV3_LAYOUTS), ('kimi_k2', KIMI_LAYOUTS)):
-        for L in layouts:
-            def one(model=model, L=L):
-                if model not in srcs:
-                    raise AssertionError('no %s checkpoint (generator failed)' % model)
-                d, hf = srcs[model]
-                files, stdout = dry_run(model, d, L, work)
-                want = expected(hf, L)
-                compare(files, want)
-                n = sum(v[0] for v in want.values())
-                b = sum(v[1] for v in want.values())
-                assert ('plan: %d output files, %d tensors' % (len(want), n)) in stdout, stdout[:400]
-                assert ('output %.3f GB' % (b / 1e9)) in stdout, stdout[:400]
-                print('    %d files, %d tensors, %d bytes' % (len(want), n, b))
-            check('%s --dry-run: %s: every rank file, tensor count and byte count' % (model, L['name']), one)
+    for model, L in runs:
+        def one(model=model, L=L):
+            if model not in srcs:
+                raise AssertionError('no %s checkpoint (generator failed)' % model)
+            d, hf = srcs[model]
+            files, stdout = dry_run(model, d, L, work)
+            want = expected(hf, L)
+            compare(files, want)
+            n = sum(v[0] for v in want.values())
+            b = sum(v[1] for v in want.values())
+            assert ('plan: %d output files, %d tensors' % (len(want), n)) in stdout, stdout[:400]
+            assert ('output %.3f GB' % (b / 1e9)) in stdout, stdout[:400]
+            print('    %d files, %d tensors, %d bytes' % (len(want), n, b))
+        check('%s --dry-run: %s: every rank file, tensor count and byte count' % (model, L['name']), one)
 
 
 if __name__ == '__main__':

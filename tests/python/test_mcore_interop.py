@@ -20,6 +20,7 @@ checkpoint (each message names the flag and the checkpoint fact), args that cont
 names, and a path that is no checkpoint. Finally a model YAML without moe_router_topk converts a
 4-expert model (a default the user never wrote is not validated), and --dry-run says where each
 config.json value came from.
+`test_mcore_interop.py a|b` runs one half (the two ctest entries, in parallel; see PARTS).
 Exits non-zero on failure; the last line is "N passed, M failed".
 """
 import argparse
@@ -182,13 +183,18 @@ def training_state(model):
     return opt, sched, rng
 
 
-def rewrite(mcore_root, out_root, style, flags):
-    """Rewrites ckbridge's MCore output (release/) as LoongForge or Megatron-LM would have saved it."""
+def load_ranks(mcore_root):
+    """torch.load of every rank file of ckbridge's MCore output (release/): [(path, state dict)], read once
+    for the three fixtures written from it."""
     files = sorted(glob.glob(os.path.join(mcore_root, 'release', 'mp_rank_*', 'model_optim_rng.pt')))
     assert files, 'no rank files under ' + mcore_root
+    return [(f, torch.load(f, map_location='cpu')) for f in files]
+
+
+def rewrite(ranks, out_root, style, flags):
+    """Rewrites ckbridge's MCore output (load_ranks) as LoongForge or Megatron-LM would have saved it."""
     it_dir = 'release' if style != 'megatron' else 'iter_0001234'
-    for f in files:
-        sd = torch.load(f, map_location='cpu')
+    for f, sd in ranks:
         models = [k for k in sd if k == 'model' or re.fullmatch(r'model\d+', k)]
         out = {}
         if style == 'loongforge':
@@ -245,10 +251,19 @@ def expect_refusal(fixture, out, flags, *needles):
     assert not os.path.exists(os.path.join(out, 'config.json')), 'output written by a refused run'
 
 
+# The test runs as two ctest entries (tests/CMakeLists.txt) that run in parallel: part a, the first
+# half of the layouts and the refusals (which read fixtures of those layouts); part b, the second half
+# and the config-value checks. Without an argument both parts run.
+PARTS = {'a': LAYOUTS[:7], 'b': LAYOUTS[7:]}
+assert {n for n, _ in PARTS['a']} >= {'tp2_pp2_ep2_etp1_grouped', 'tp2_pp2_custom_1_3', 'pp2_vpp2_ep2',
+                                      'tp1_ep4_sequential', 'tp2_ep2_etp2'}, 'the refusals read these fixtures'
+PART = None
+
+
 def run_all(work):
     hf = os.path.join(work, 'hf_bf16')
     run([MAKE_TINY, '--config_file', CFG, '--convert_file', CONV, '--out', hf, '--dtype', 'bf16'])
-    for name, flags in LAYOUTS:
+    for name, flags in (PARTS[PART] if PART else LAYOUTS):
         mc = os.path.join(work, name, 'ckbridge')
         try:
             convert('huggingface', 'mcore', hf, mc, flags + ['--max_workers', '2'])
@@ -256,9 +271,15 @@ def run_all(work):
             FAILED.append(name + ': HF -> MCore')
             traceback.print_exc()
             continue
+        try:
+            ranks = load_ranks(mc)
+        except Exception:  # noqa: BLE001
+            FAILED.append(name + ': torch.load of the rank files')
+            traceback.print_exc()
+            continue
         for style in ('loongforge', 'megatron', 'noargs'):
             fx = os.path.join(work, name, style)
-            check('%s/%s: fixture written by torch.save' % (name, style), rewrite, mc, fx, style, flags)
+            check('%s/%s: fixture written by torch.save' % (name, style), rewrite, ranks, fx, style, flags)
             check('%s/%s: MCore -> HF without layout flags, byte-identical' % (name, style), read_back, hf, fx,
                   os.path.join(work, name, style + '_hf'), [], 'root')
             if style == 'noargs':  # flags vs the files alone: covered by the refusals below
@@ -267,6 +288,13 @@ def run_all(work):
                   fx, os.path.join(work, name, style + '_hf_flags'), flags,
                   'iteration' if style == 'megatron' else 'root')
 
+    if PART in (None, 'a'):
+        refusal_checks(work, hf)
+    if PART in (None, 'b'):
+        config_value_checks(work)
+
+
+def refusal_checks(work, hf):
     def training_note():
         fx = os.path.join(work, 'tp2_pp2_ep2_etp1_grouped', 'megatron')
         p = read_back(hf, fx, os.path.join(work, 'note_hf'), [], 'root')
@@ -323,6 +351,9 @@ def run_all(work):
         expect_refusal(d, os.path.join(work, 'ref_empty'), [], 'not a Megatron legacy checkpoint', 'empty_dir')
     check('refused: a directory that is no checkpoint, named', not_a_checkpoint)
 
+
+
+def config_value_checks(work):
     # ---- config values: a 4-expert model whose YAML has no moe_router_* keys
     def four_experts_without_router_keys():
         cfg4 = os.path.join(work, 'tiny_4_experts.yaml')
@@ -377,6 +408,12 @@ def run_all(work):
 
 
 def main():
+    global PART
+    if len(sys.argv) > 1:
+        if sys.argv[1] not in PARTS:
+            print('usage: test_mcore_interop.py [%s]' % '|'.join(sorted(PARTS)))
+            return 2
+        PART = sys.argv[1]
     return ckb_harness.main(run_all, (CONVERT, MAKE_TINY), 'ckb_mcore_interop_')
 
 

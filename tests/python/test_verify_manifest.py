@@ -4,7 +4,9 @@
      then `ckbridge_verify HF MCORE --json`: every HF tensor (counted from the safetensors headers
      here) compared and identical, nothing missing or extra, exit 0.
   2. FP8 MCore vs the BF16 checkpoint of the same weights: every FP8 weight "within tolerance",
-     and the reported max abs error equals numpy's (FP8 codes x 128x128 scales vs BF16, in float32).
+     and the reported max abs error equals numpy's (FP8 codes x 128x128 scales vs BF16, in float32);
+     with a --tolerance between two weights' numpy errors, exactly the weights above it differ
+     (exit 1); --threads 1 / 3 give the default run's report.
   3. One byte flipped in one rank file: exit 1, and the tensor and rank file named are the ones
      torch.load (an independent reader) finds changed; `--manifest` names the file and tensor too.
   4. The manifest of an HF and an MCore output: every file's SHA-256 and size equal hashlib's over
@@ -146,6 +148,42 @@ def run_all(work):
             n += 1
         assert n > 100 and r['ok'], (n, r['summary'])
     check('verify FP8 MCore vs BF16 HF: FP8 weights within tolerance, max abs error equal to numpy\'s', cross_dtype)
+
+    def tolerance_and_threads():
+        # --tolerance between two of the FP8 weights' relative errors (numpy, as above): the weights above
+        # it are 'differs' and the run fails, the others stay 'within tolerance'; --threads 1 and 3
+        # give the default run's report
+        mc_fp8 = os.path.join(work, 'tp2_pp2_ep2_grouped_fp8')
+        a, b = hf_tensors(hf['fp8']), hf_tensors(hf['bf16'])
+        rel = {}
+        for k, (dt, shape, raw, _) in a.items():
+            if dt != 'F8_E4M3':
+                continue
+            sc = as_np(*a[k[:-len('weight')] + 'weight_scale_inv'][:3])
+            q = as_np(dt, shape, raw).astype(np.float32)
+            deq = q * np.repeat(np.repeat(sc, 128, 0), 128, 1)[:q.shape[0], :q.shape[1]]
+            ref = as_np(*b[k][:3]).astype(np.float32)
+            rel[k] = float(np.max(np.abs(deq - ref))) / float(np.max(np.abs(ref)))
+        vals = sorted(set(rel.values()))
+        i = len(vals) // 2
+        while vals[i + 1] - vals[i] <= 1e-4 * vals[i]:  # a clear gap: float32 vs double rounding cannot cross it
+            i += 1
+        tol = (vals[i] + vals[i + 1]) / 2
+        p = run([VERIFY] + MODEL + ['-q', '--json', '-', '--tolerance', repr(tol), mc_fp8, hf['bf16']], rc=1)
+        r = json.loads(p.stdout)
+        status = {t['key']: t['status'] for t in r['tensors']}
+        want = {k: ('differs' if v > tol else 'within tolerance') for k, v in rel.items()}
+        got = {k: status[k] for k in want}
+        assert got == want, sorted((k, got[k], want[k], rel[k]) for k in want if got[k] != want[k])[:5]
+        n_diff = sum(1 for v in want.values() if v == 'differs')
+        assert 0 < n_diff < len(want) and not r['ok'] and r['summary']['differing'] == n_diff, (n_diff, r['summary'])
+        print('    --tolerance %.6g: %d of %d FP8 weights differ, as numpy says' % (tol, n_diff, len(want)))
+        base = verify_json(mc_fp8, hf['bf16'])
+        for th in ('1', '3'):
+            p = run([VERIFY] + MODEL + ['-q', '--json', '-', '--threads', th, mc_fp8, hf['bf16']])
+            assert json.loads(p.stdout) == base, '--threads %s: the report differs from the default run' % th
+    check('verify --tolerance: the FP8 weights whose numpy error exceeds it differ (exit 1); --threads 1 / 3 '
+          'give the same report', tolerance_and_threads)
 
     mc = os.path.join(work, 'tp2_pp2_ep2_grouped_fp8')
 

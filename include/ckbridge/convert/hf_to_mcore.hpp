@@ -249,6 +249,10 @@ inline void plan_to_mcore(const model::ModelSpec& spec, Plan& plan, const NameMa
   const int etp = files.etp();
 
   auto stages_of = [&](const Instance& in) { return stages_holding(pp, in); };
+  // The files of each stage, made once (stage_files names every directory; at full scale the loop
+  // below visits them once per parameter instance).
+  std::vector<std::vector<McoreFile>> stage_files;
+  for (int p = 0; p < po.pp; ++p) stage_files.push_back(files.stage_files(p));
 
   std::vector<Instance> inst = enumerate_instances(spec, shape);
   for (const Instance& in : inst) {
@@ -274,7 +278,7 @@ inline void plan_to_mcore(const model::ModelSpec& spec, Plan& plan, const NameMa
 
     for (auto [p, s] : stages_of(in)) {
       McoreSlot slot = layer_slot(pp, in, o.grouped_gemm);
-      for (const auto& f : files.stage_files(p)) {
+      for (const auto& f : stage_files[static_cast<std::size_t>(p)]) {
         int shard = 0;
         if (!shard_in_file(f, in, expert, shard, slot)) continue;
         const McoreKey mk = mcore_key(nm, in, slot);
