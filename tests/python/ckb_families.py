@@ -81,11 +81,15 @@ def _families():
     return {f.name: f for f in [
         F('llama3', 'llama3', 'llama3_tiny.yaml', 'llama3_convert.yaml', 'LlamaForCausalLM', 'llama', fp8=True,
           supported_today=True),
-        F('llama3_1', 'llama3', 'llama3_1_tiny.yaml', 'llama3_1_convert.yaml', 'LlamaForCausalLM', 'llama'),
-        F('llama2', 'llama2', 'llama2_tiny.yaml', 'llama2_convert.yaml', 'LlamaForCausalLM', 'llama', dtype='F16'),
-        F('qwen2', 'qwen2', 'qwen2_tiny.yaml', 'qwen2_convert.yaml', 'Qwen2ForCausalLM', 'qwen2', qkv_bias=True),
+        F('llama3_1', 'llama3', 'llama3_1_tiny.yaml', 'llama3_1_convert.yaml', 'LlamaForCausalLM', 'llama',
+          supported_today=True),
+        F('llama2', 'llama2', 'llama2_tiny.yaml', 'llama2_convert.yaml', 'LlamaForCausalLM', 'llama', dtype='F16',
+          supported_today=True),
+        F('qwen2', 'qwen2', 'qwen2_tiny.yaml', 'qwen2_convert.yaml', 'Qwen2ForCausalLM', 'qwen2', qkv_bias=True,
+          supported_today=True),
         F('qwen2_5', 'qwen2.5', 'qwen2_5_tiny.yaml', 'qwen2_5_convert_llm.yaml', 'Qwen2ForCausalLM', 'qwen2',
-          qkv_bias=True, extra_converts={'vl_language_model': 'qwen2_5_convert.yaml'}),  # not in the matrix
+          qkv_bias=True, extra_converts={'vl_language_model': 'qwen2_5_convert.yaml'},  # not in the matrix
+          supported_today=True),
         F('qwen3', 'qwen3', 'qwen3_tiny.yaml', 'qwen3_convert.yaml', 'Qwen3ForCausalLM', 'qwen3', qk_norm=True,
           fp8=True),
         F('qwen3_moe', 'qwen3', 'qwen3_moe_tiny.yaml', 'qwen3_moe_convert.yaml', 'Qwen3MoeForCausalLM', 'qwen3_moe',

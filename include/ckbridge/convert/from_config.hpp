@@ -33,6 +33,24 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
       nm.mcore[k + ".bias"] = b;
     }
   }
+  // LoongForge reads `<name>.bias` next to every weight it converts (QKV biases of Qwen2 / MiMo):
+  // `<common>.bias` names that bias on both sides where the YAML gives no explicit bias entry
+  // (HF: each listed tensor's `.bias`; MCore: the module's `.bias`, or `.layer_norm_bias` for a
+  // folded norm). No extra state of its own: the module's weight entry carries it.
+  for (const auto& [k, e] : cc.hf.entries()) {
+    if (e.bias || e.is_direct_name || nm.hf.count(k + ".bias")) continue;
+    HfEntry b{{}, true, ""};
+    for (const auto& n : e.names) b.names.push_back(n + ".bias");
+    nm.hf[k + ".bias"] = std::move(b);
+  }
+  for (const auto& [k, e] : cc.mcore.entries()) {
+    if (e.bias || e.is_direct_name || e.names.empty() || nm.mcore.count(k + ".bias")) continue;
+    McoreEntry b;
+    b.name = e.names.front() + (e.is_layernorm ? ".layer_norm_bias" : ".bias");
+    b.direct = true;
+    b.ignore_tp = e.ignore_tp;
+    nm.mcore[k + ".bias"] = b;
+  }
   // Group prefixes are "special" keys in the config's parser; the composition rules look them up
   // as entries.
   for (const char* k : {"moe.expert", "moe.shared_expert"})

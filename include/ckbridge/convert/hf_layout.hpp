@@ -63,6 +63,7 @@ inline std::vector<HfTensor> hf_layout(const model::ModelSpec& spec, const NameM
   };
   for (std::size_t i = 0; i < inst.size(); ++i) {
     const Instance& in = inst[i];
+    if (!in.kind.tied_to.empty()) continue;  // no HF tensor of its own (the tied output layer)
     if (in.mtp != last_mtp) {
       flush_copies(last_mtp);
       last_mtp = in.mtp;

@@ -99,7 +99,8 @@ inline std::string join(std::initializer_list<std::string_view> parts) {
 inline std::vector<std::string> hf_keys(const NameMap& nm, const Instance& in) {
   using model::Where;
   const auto keys = names_detail::split_keys(in.kind.common);
-  const HfEntry& leaf = nm.hf_entry(keys.back());
+  // a tied kind has no HF tensor of its own: it reads its FirstStage kind's (the embedding)
+  const HfEntry& leaf = nm.hf_entry(in.kind.tied_to.empty() ? keys.back() : in.kind.tied_to);
   std::string prefix;
   if (in.kind.where != Where::FirstStage && in.kind.where != Where::LastStage) {
     const int hf_layer = in.mtp >= 0 ? nm.hf_mtp_layer_id + in.mtp : in.layer;
