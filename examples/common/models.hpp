@@ -15,6 +15,7 @@
 #include "ckbridge/core/error.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/llama3.hpp"
+#include "ckbridge/model/mimo.hpp"
 #include "ckbridge/model/qwen2.hpp"
 #include "ckbridge/model/qwen3.hpp"
 #include "ckbridge/model/spec.hpp"
@@ -26,7 +27,7 @@ namespace ckbridge::examples {
 inline const std::vector<const model::ModelSpec*>& model_specs() {
   static const std::vector<const model::ModelSpec*> all{&model::spec<model::DeepSeekV3>(),
                                                          &model::spec<model::Llama3>(), &model::spec<model::Qwen3>(),
-                                                         &model::spec<model::Qwen2>()};
+                                                         &model::spec<model::Qwen2>(), &model::spec<model::MiMo>()};
   return all;
 }
 

@@ -95,7 +95,7 @@ def _families():
         F('qwen3_moe', 'qwen3', 'qwen3_moe_tiny.yaml', 'qwen3_moe_convert.yaml', 'Qwen3MoeForCausalLM', 'qwen3_moe',
           qk_norm=True, norms='qkv_fused', moe=True, fp8=True),
         F('mimo', 'mimo', 'mimo_tiny.yaml', 'mimo_convert.yaml', 'MiMoForCausalLM', 'mimo', qkv_bias=True,
-          mtp='mimo'),
+          mtp='mimo', supported_today=True),
         F('deepseek_v2', 'deepseek2', 'deepseek_v2_tiny.yaml', 'deepseek_v2_convert.yaml', 'DeepseekV2ForCausalLM',
           'deepseek_v2', attn='mla', norms='separate', moe=True, shared=True),
         F('deepseek_v2_lite', 'deepseek2', 'deepseek_v2_lite_tiny.yaml', 'deepseek_v2_lite_convert.yaml',

@@ -1,5 +1,6 @@
 // The dense GQA families besides Llama 3 / Qwen3: Qwen2 / Qwen2.5 (q/k/v biases, tied embeddings),
-// Llama 2 / 3.1 (one policy with Llama 3, told apart by config) (MiMo: see its own commit). Expectations are restated from the tiny YAMLs' numbers and LoongForge's rules
+// Llama 2 / 3.1 (one policy with Llama 3, told apart by config) and MiMo (MTP blocks under
+// model.mtp_layers). Expectations are restated from the tiny YAMLs' numbers and LoongForge's rules
 // (docs/families.md), not read back from the code: the bias kind's grouped layout on one axis, which
 // output-layer kind a tied / untied model has, the `.bias` names LoongForge implies for every
 // name_map entry, the vocabulary taken from the model when a convert YAML hard-codes another, the
@@ -21,6 +22,7 @@
 #include "ckbridge/convert/kind_maps.hpp"
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/llama3.hpp"
+#include "ckbridge/model/mimo.hpp"
 #include "ckbridge/model/qwen2.hpp"
 #include "ckbridge/model/qwen3.hpp"
 
@@ -171,6 +173,26 @@ BOOST_AUTO_TEST_CASE(llama_versions_and_vocab_from_the_model) {
   expect_error([&] { convert::model_shape_of(spec, bias); }, {"llama3", "'add_qkv_bias'"});
 }
 
+BOOST_AUTO_TEST_CASE(mimo_mtp_names) {
+  const model::ModelSpec& spec = model::spec<model::MiMo>();
+  const auto mi = load("mimo", "mimo_tiny.yaml", "mimo_convert.yaml");
+  BOOST_TEST(mi.model.mtp_num_layers == 1);
+  // MTP block 0 = HF model.mtp_layers.0 (the YAML's mtp_layer_prefix, mtp_layer_id 0), its inner
+  // layer's tensors under the same prefix
+  const auto mtp = keys_of(spec, mi, 4);
+  for (const char* k : {"model.mtp_layers.0.token_layernorm.weight", "model.mtp_layers.0.hidden_layernorm.weight",
+                        "model.mtp_layers.0.input_proj.weight", "model.mtp_layers.0.final_layernorm.weight",
+                        "model.mtp_layers.0.self_attn.k_proj.bias", "model.mtp_layers.0.mlp.down_proj.weight"})
+    BOOST_TEST(has(mtp, k), k);
+  BOOST_TEST(spec.param("mtp_eh_proj").shape(model::Dims{mi.model}) == (Shape{256, 512}));
+  const std::string json = spec.hf_config_json(mi.model, {});
+  BOOST_TEST(json.find("\"num_nextn_predict_layers\": 1") != std::string::npos);
+  BOOST_TEST(json.find("\"attention_bias\": true") != std::string::npos);
+  config::ModelConfig none = mi.model;
+  none.mtp_num_layers = 0;
+  expect_error([&] { convert::model_shape_of(spec, none); }, {"mimo", "'mtp_num_layers'"});
+}
+
 // The converter picks the first family whose check accepts the model config when no config.json
 // names the architecture (an MCore source): every family's check must refuse the others' configs.
 BOOST_AUTO_TEST_CASE(checks_tell_the_families_apart) {
@@ -186,9 +208,11 @@ BOOST_AUTO_TEST_CASE(checks_tell_the_families_apart) {
       {&model::spec<model::Qwen3>(), load("qwen3", "qwen3_tiny.yaml", "qwen3_convert.yaml").model},
       {&model::spec<model::Qwen2>(), load("qwen2", "qwen2_tiny.yaml", "qwen2_convert.yaml").model},
       {&model::spec<model::Qwen2>(), load("qwen2.5", "qwen2_5_tiny.yaml", "qwen2_5_convert_llm.yaml").model},
+      {&model::spec<model::MiMo>(), load("mimo", "mimo_tiny.yaml", "mimo_convert.yaml").model},
   };
   const std::vector<const model::ModelSpec*> specs{&model::spec<model::DeepSeekV3>(), &model::spec<model::Llama3>(),
-                                                   &model::spec<model::Qwen3>(), &model::spec<model::Qwen2>()};
+                                                   &model::spec<model::Qwen3>(), &model::spec<model::Qwen2>(),
+                                                   &model::spec<model::MiMo>()};
   for (const auto& f : fams)
     for (const auto* s : specs) {
       bool ok = true;

@@ -63,6 +63,7 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
     }
   nm.hf_transformer = cc.hf.special_or("transformer", "model");
   nm.hf_layer_prefix = cc.hf.special_or("layer_prefix", "layers");
+  nm.hf_mtp_layer_prefix = cc.hf.special_or("mtp_layer_prefix", nm.hf_layer_prefix);
   nm.weight_scale_key = cc.hf.special_or("weight_scale_key", "weight_scale_inv");
   nm.hf_mtp_layer_id = cc.mtp_layer_id ? static_cast<int>(*cc.mtp_layer_id) : -1;
   nm.mcore_layer_prefix = cc.mcore.special_or("layer_prefix", "decoder.layers");

@@ -111,6 +111,16 @@ struct AttentionDense : Param<"attention.dense", Where::Layer, Fp8::Blockwise> {
   }
 };
 
+// ---- multi-token prediction block (DeepSeek V3, MiMo; its inner layer uses the per-layer kinds):
+// eh_proj [hidden, 2 hidden] column-parallel (rows over TP); BF16 unless FP8 is asked for.
+struct MtpEhProj : Param<"mtp_eh_proj", Where::MtpBlock, Fp8::MtpProjection> {
+  static layout::SplitDim layout(const Dims&) { return {0}; }
+  static Shape shape(const Dims& d) { return {d.model.hidden_size, 2 * d.model.hidden_size}; }
+};
+using MtpEnorm = Norm<"mtp_enorm", Where::MtpBlock>;
+using MtpHnorm = Norm<"mtp_hnorm", Where::MtpBlock>;
+using MtpFinalNorm = Norm<"mtp_shared_head_norm", Where::MtpBlock>;
+
 // The model fields of MCore's `args` for a dense GQA decoder (SwiGLU MLP, rotary positions).
 inline ArgList gqa_mcore_args(const config::ModelConfig& mc) {
   using V = ArgValue;

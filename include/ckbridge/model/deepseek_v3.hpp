@@ -85,10 +85,7 @@ struct ExpertFc2 : Param<"moe.expert/moe.expert_4h_to_h", Where::Expert, Fp8::Bl
 };
 
 // ---- multi-token prediction block (its inner layer uses the per-layer kinds above)
-struct MtpEhProj : Param<"mtp_eh_proj", Where::MtpBlock, Fp8::MtpProjection> {
-  static layout::SplitDim layout(const Dims&) { return {0}; }
-  static Shape shape(const Dims& d) { return {d.model.hidden_size, 2 * d.model.hidden_size}; }
-};
+using MtpEhProj = kinds::MtpEhProj;
 }  // namespace deepseek_v3
 
 struct DeepSeekV3 {
