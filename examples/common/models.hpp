@@ -17,6 +17,8 @@
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "ckbridge/model/kimi_k2.hpp"
 #include "ckbridge/model/llama3.hpp"
+#include "ckbridge/model/mimo.hpp"
+#include "ckbridge/model/qwen2.hpp"
 #include "ckbridge/model/qwen3.hpp"
 #include "ckbridge/model/qwen3_moe.hpp"
 #include "ckbridge/model/spec.hpp"
@@ -27,15 +29,18 @@ namespace ckbridge::examples {
 // HF architecture).
 inline const std::vector<const model::ModelSpec*>& model_specs() {
   static const std::vector<const model::ModelSpec*> all{
-      &model::spec<model::DeepSeekV3>(), &model::spec<model::KimiK2>(),    &model::spec<model::DeepSeekV2>(),
+      &model::spec<model::DeepSeekV3>(),     &model::spec<model::KimiK2>(), &model::spec<model::DeepSeekV2>(),
       &model::spec<model::DeepSeekV2Lite>(), &model::spec<model::Llama3>(), &model::spec<model::Qwen3>(),
-      &model::spec<model::Qwen3Moe>()};
+      &model::spec<model::Qwen3Moe>(),       &model::spec<model::Qwen2>(),  &model::spec<model::MiMo>()};
   return all;
 }
 
 inline std::vector<std::string> model_names() {
   std::vector<std::string> out;
-  for (const auto* s : model_specs()) out.emplace_back(s->name);
+  for (const auto* s : model_specs()) {
+    out.emplace_back(s->name);
+    for (auto a : s->aliases) out.emplace_back(a);  // other names of the same policy (llama2 -> llama3)
+  }
   return out;
 }
 inline const std::vector<std::string> kModelNames = model_names();
@@ -45,7 +50,10 @@ inline const model::ModelSpec& model_spec(const std::string& name) {
   std::string known;
   for (const auto* s : model_specs()) {
     if (s->name == name) return *s;
+    for (auto a : s->aliases)
+      if (a == name) return *s;
     known += (known.empty() ? "" : ", ") + std::string(s->name);
+    for (auto a : s->aliases) known += ", " + std::string(a);
   }
   fail("--model: unknown model '", name, "' (known: ", known, ")");
 }
@@ -110,7 +118,10 @@ inline ModelChoice choose_model(const std::string& name, const config::ModelConf
                                     hf->model_type + "') and the model YAML"
                               : std::string("the model YAML");
   if (fit.empty()) fail("no model policy fits ", from, "; pass --model to name one. Why each was refused:", reasons);
-  std::string why = std::string(fit[0]->name) + " (chosen from " + from;
+  std::string why = std::string(fit[0]->name) + " (";
+  for (std::size_t i = 0; i < fit[0]->aliases.size(); ++i)  // the names of the versions it covers
+    why += (i ? ", " : "also named ") + std::string(fit[0]->aliases[i]) + (i + 1 == fit[0]->aliases.size() ? "; " : "");
+  why += "chosen from " + from;
   if (fit.size() > 1) {
     why += "; also fits:";
     for (std::size_t i = 1; i < fit.size(); ++i) why += " " + std::string(fit[i]->name);

@@ -232,6 +232,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "note: reading HF safetensors (ckbridge does not read pytorch_model.bin)\n");
 
     const auto cfg = config::load_loongforge_configs(f.config_file, f.convert_file);
+    for (const auto& n : cfg.notes)
+      if (lead) std::fprintf(stderr, "note: %s\n", n.c_str());
     const convert::NameMap nm = convert::name_map_from(cfg.convert);
     config::ModelConfig mc = cfg.model;
     if (f.mtp_num_layers) {

@@ -72,6 +72,8 @@ def config_keys(f):
         k += CFG_HEAD_DIM
     if f.name == 'llama3_1':
         k += ['rope_scaling']
+    if f.dtype == 'F16':  # Llama 2: config.json keeps float16 (the tensors' dtype is checked anyway)
+        k += ['torch_dtype']
     if f.name in ('qwen2', 'qwen2_5', 'mimo'):
         k += ['attention_bias'] if f.name == 'mimo' else []
     if f.name == 'qwen3_moe':

@@ -390,6 +390,7 @@ struct LoadedConfigs {
   YAML::Node root;      // composed + resolved convert config (with `module`)
   ConvertConfig convert;
   ModelConfig model;
+  std::vector<std::string> notes;  // decisions the caller should tell the user (a vocab_size taken from the model)
 };
 
 inline LoadedConfigs load_loongforge_configs(const std::filesystem::path& config_file,
@@ -405,22 +406,43 @@ inline LoadedConfigs load_loongforge_configs(const std::filesystem::path& config
   if (!module || !module->IsMap())
     fail(convert_file.string(), ": key 'module': the model config was not mounted (defaults list needs '", group,
          "@module: ?\?\?')");
-  out.model = model_config_from_yaml(*module, config_file.string());
-  // args.common repeats model values through ${module.*}; check them against the model.
-  auto check = [&](const char* key, std::int64_t want) {
+  // args.common repeats model values through ${module.*}; they are checked against the model below.
+  auto common = [&](const char* key) -> std::optional<std::int64_t> {
     auto sec = detail::child(out.convert.args, "common");
-    if (!sec) return;
+    if (!sec) return std::nullopt;
     auto v = detail::child(*sec, key);
-    if (!v || v->IsNull()) return;
+    if (!v || v->IsNull()) return std::nullopt;
     const std::string k = std::string("args.common.") + key;
-    const auto got = detail::yas<std::int64_t>(*v, convert_file.string(), k.c_str());
-    if (got != want)
-      fail(convert_file.string(), ": key '", k, "' is ", got, " but the model config ", config_file.string(), " says ", want);
+    return detail::yas<std::int64_t>(*v, convert_file.string(), k.c_str());
+  };
+  // The vocabulary: the model YAML's (vocab_size_in_config_file or vocab_size). LoongForge's Llama 2 /
+  // 3 / 3.1 model YAMLs carry none and their convert YAMLs hard-code the real models' 32000 / 128256:
+  // that value is used when the model YAML has none; when both are given and differ, the model's
+  // wins and a note names both (LoongForge pads to the convert YAML's size, docs/loongforge-deviations.md).
+  const std::optional<std::int64_t> common_vocab = common("vocab_size");
+  const bool model_vocab = detail::yget(*module, "vocab_size_in_config_file") || detail::yget(*module, "vocab_size");
+  if (!model_vocab && common_vocab) {
+    YAML::Node m = YAML::Clone(*module);
+    m["vocab_size"] = *common_vocab;
+    out.model = model_config_from_yaml(m, config_file.string());
+    out.model.origin["vocab_size"] = convert_file.string() + " (args.common.vocab_size)";
+  } else {
+    out.model = model_config_from_yaml(*module, config_file.string());
+  }
+  if (common_vocab && *common_vocab != out.model.vocab_size)
+    out.notes.push_back(ckbridge::detail::concat(
+        convert_file.string(), ": key 'args.common.vocab_size' is ", *common_vocab, " but the model config ",
+        config_file.string(), " says ", out.model.vocab_size, "; using the model's ", out.model.vocab_size,
+        " (LoongForge would pad the embedding and output layer to ", *common_vocab, " rows)"));
+  auto check = [&](const char* key, std::int64_t want) {
+    const auto got = common(key);
+    if (got && *got != want)
+      fail(convert_file.string(), ": key 'args.common.", key, "' is ", *got, " but the model config ",
+           config_file.string(), " says ", want);
   };
   check("num_layers", out.model.num_layers);
   check("hidden_size", out.model.hidden_size);
   check("num_attention_heads", out.model.num_attention_heads);
-  check("vocab_size", out.model.vocab_size);
   check("num_experts", out.model.num_experts);
   check("mtp_num_layers", out.model.mtp_num_layers);
   return out;

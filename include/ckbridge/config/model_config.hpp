@@ -38,6 +38,15 @@ struct RopeScaling {
   double mscale_all_dim = 1.0;
 };
 
+// Llama 3.1's rope scaling (HF rope_scaling with rope_type "llama3"; model YAML rope_type: llama3
+// with rotary_scaling_factor, low_freq_factor, high_freq_factor, original_max_position_embeddings).
+struct Llama3RopeScaling {
+  double factor = 8;
+  double low_freq_factor = 1;
+  double high_freq_factor = 4;
+  std::int64_t original_max_position_embeddings = 8192;
+};
+
 // Field names follow Megatron-Core (what LoongForge's model YAML uses); defaults are DeepSeek-V3's
 // values for the fields its YAML does not carry (router, rope).
 struct ModelConfig {
@@ -67,6 +76,7 @@ struct ModelConfig {
   bool qk_layernorm = true;
   std::string loongforge_model_type;               // the model YAML's `model_type` ("deepseek", "kimi", "qwen"; "" unset)
   std::int64_t make_vocab_size_divisible_by = 0;   // the model YAML's vocabulary padding per TP rank (0: unset)
+  bool add_qkv_bias = false;                              // biases on q/k/v (Qwen2, MiMo; HF attention_bias)
   std::int64_t moe_router_topk = 8;
   std::int64_t moe_router_num_groups = 8;
   std::int64_t moe_router_group_topk = 4;
@@ -76,6 +86,7 @@ struct ModelConfig {
   double rotary_base = 10000;
   std::int64_t max_position_embeddings = 163840;
   std::optional<RopeScaling> rope_scaling = RopeScaling{};
+  std::optional<Llama3RopeScaling> llama3_rope_scaling;   // Llama 3.1 (origin: "rope_scaling")
   // Where each field's value came from, by field name: the file it was read from, a flag, or
   // "default" (ckbridge's documented default, never validated as if the user had written it).
   // Empty for a config built in code (then every value counts as written).
@@ -265,13 +276,14 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   yread(m, "make_vocab_size_divisible_by", c.make_vocab_size_divisible_by, source, false);
   if (c.make_vocab_size_divisible_by < 0)
     fail(source, ": key 'make_vocab_size_divisible_by': must be >= 1, got ", c.make_vocab_size_divisible_by);
+  yread(m, "add_qkv_bias", c.add_qkv_bias, source, false);
   auto& og = c.origin;
   for (const char* k : {"num_layers", "hidden_size", "num_attention_heads", "vocab_size", "moe_layer_freq"})
     og[k] = std::string(source);
   for (const char* k : {"ffn_hidden_size", "num_query_groups", "num_experts", "moe_ffn_hidden_size",
                         "moe_shared_expert_intermediate_size", "q_lora_rank", "kv_lora_rank", "qk_head_dim",
                         "qk_pos_emb_head_dim", "v_head_dim", "kv_channels", "mtp_num_layers",
-                        "untie_embeddings_and_output_weights", "qk_layernorm"})
+                        "untie_embeddings_and_output_weights", "qk_layernorm", "add_qkv_bias"})
     og[k] = detail::yget(m, k) ? std::string(source) : std::string("default");
   if (detail::yget(m, "num_query_groups") == std::nullopt) og["num_query_groups"] = std::string(source) + " (num_attention_heads)";
   og["norm_epsilon"] = detail::yget(m, "norm_epsilon") || detail::yget(m, "layernorm_epsilon") ? std::string(source) : "default";
@@ -288,6 +300,14 @@ inline ModelConfig model_config_from_yaml(const YAML::Node& m, std::string_view 
   if (auto rt = detail::yget(m, "rope_type"); (!rt && !mla) ||
                                               (rt && detail::yas<std::string>(*rt, source, "rope_type") != "yarn")) {
     c.rope_scaling.reset();  // YaRN is DeepSeek's default only
+    if (rt && detail::yas<std::string>(*rt, source, "rope_type") == "llama3") {
+      Llama3RopeScaling r;
+      yread(m, "rotary_scaling_factor", r.factor, source, false);
+      yread(m, "low_freq_factor", r.low_freq_factor, source, false);
+      yread(m, "high_freq_factor", r.high_freq_factor, source, false);
+      yread(m, "original_max_position_embeddings", r.original_max_position_embeddings, source, false);
+      c.llama3_rope_scaling = r;
+    }
   } else {
     RopeScaling& r = *c.rope_scaling;
     yread(m, "rotary_scaling_factor", r.factor, source, false);
@@ -384,6 +404,7 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   c.mtp_num_layers = jint(*o, "num_nextn_predict_layers", source, 0);
   c.norm_epsilon = jnum(*o, "rms_norm_eps", source, 1e-6);
   c.untie_embeddings_and_output_weights = !jbool(*o, "tie_word_embeddings", source, false);
+  c.add_qkv_bias = jbool(*o, "attention_bias", source, false);
   {
     const std::string src(source);
     auto mark = [&](const char* field, const char* key) { c.origin[field] = jget(*o, key) ? src : "default"; };
@@ -420,7 +441,19 @@ inline ModelConfig model_config_from_hf_json(std::string_view json, std::string_
   c.rope_scaling.reset();
   if (const auto* rs = jget(*o, "rope_scaling"); rs && rs->IsObject()) {
     std::string type = jstr(*rs, "rope_type", source, jstr(*rs, "type", source, ""));
-    if (type != "yarn") fail(source, ": key 'rope_scaling.type': only 'yarn' is supported, got '", type, "'");
+    if (type != "yarn" && type != "llama3")
+      fail(source, ": key 'rope_scaling.type': only 'yarn' and 'llama3' are supported, got '", type, "'");
+    if (type == "llama3") {
+      Llama3RopeScaling l;
+      l.factor = jnum(*rs, "factor", source, l.factor);
+      l.low_freq_factor = jnum(*rs, "low_freq_factor", source, l.low_freq_factor);
+      l.high_freq_factor = jnum(*rs, "high_freq_factor", source, l.high_freq_factor);
+      l.original_max_position_embeddings =
+          jint(*rs, "original_max_position_embeddings", source, l.original_max_position_embeddings);
+      c.llama3_rope_scaling = l;
+    }
+  }
+  if (const auto* rs = jget(*o, "rope_scaling"); rs && rs->IsObject() && !c.llama3_rope_scaling) {
     RopeScaling r;
     r.factor = jnum(*rs, "factor", source, r.factor);
     r.original_max_position_embeddings = jint(*rs, "original_max_position_embeddings", source, r.original_max_position_embeddings);
@@ -458,6 +491,7 @@ inline void take_output_values(ModelConfig& c, const ModelConfig& hf) {
   take("rotary_base", c.rotary_base, hf.rotary_base);
   take("max_position_embeddings", c.max_position_embeddings, hf.max_position_embeddings);
   take("rope_scaling", c.rope_scaling, hf.rope_scaling);
+  take("rope_scaling", c.llama3_rope_scaling, hf.llama3_rope_scaling);
   take("norm_epsilon", c.norm_epsilon, hf.norm_epsilon);
   c.resolve_router_defaults();
 }

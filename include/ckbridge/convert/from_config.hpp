@@ -33,6 +33,24 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
       nm.mcore[k + ".bias"] = b;
     }
   }
+  // LoongForge reads `<name>.bias` next to every weight it converts (QKV biases of Qwen2 / MiMo):
+  // `<common>.bias` names that bias on both sides where the YAML gives no explicit bias entry
+  // (HF: each listed tensor's `.bias`; MCore: the module's `.bias`, or `.layer_norm_bias` for a
+  // folded norm). No extra state of its own: the module's weight entry carries it.
+  for (const auto& [k, e] : cc.hf.entries()) {
+    if (e.bias || e.is_direct_name || nm.hf.count(k + ".bias")) continue;
+    HfEntry b{{}, true, ""};
+    for (const auto& n : e.names) b.names.push_back(n + ".bias");
+    nm.hf[k + ".bias"] = std::move(b);
+  }
+  for (const auto& [k, e] : cc.mcore.entries()) {
+    if (e.bias || e.is_direct_name || e.names.empty() || nm.mcore.count(k + ".bias")) continue;
+    McoreEntry b;
+    b.name = e.names.front() + (e.is_layernorm ? ".layer_norm_bias" : ".bias");
+    b.direct = true;
+    b.ignore_tp = e.ignore_tp;
+    nm.mcore[k + ".bias"] = b;
+  }
   // Group prefixes are "special" keys in the config's parser; the composition rules look them up
   // as entries.
   for (const char* k : {"moe.expert", "moe.shared_expert"})
@@ -45,6 +63,7 @@ inline NameMap name_map_from(const config::ConvertConfig& cc) {
     }
   nm.hf_transformer = cc.hf.special_or("transformer", "model");
   nm.hf_layer_prefix = cc.hf.special_or("layer_prefix", "layers");
+  nm.hf_mtp_layer_prefix = cc.hf.special_or("mtp_layer_prefix", nm.hf_layer_prefix);
   nm.weight_scale_key = cc.hf.special_or("weight_scale_key", "weight_scale_inv");
   nm.hf_mtp_layer_id = cc.mtp_layer_id ? static_cast<int>(*cc.mtp_layer_id) : -1;
   nm.mcore_layer_prefix = cc.mcore.special_or("layer_prefix", "decoder.layers");

@@ -51,7 +51,7 @@ inline std::vector<HfTensor> hf_layout(const model::ModelSpec& spec, const NameM
     if (mtp < 0) return;
     for (const auto& [ck, ok] : copies) {
       // copies are listed block by block; pick this block's by its layer prefix
-      const std::string pre = names_detail::join({nm.hf_transformer, nm.hf_layer_prefix,
+      const std::string pre = names_detail::join({nm.hf_transformer, nm.hf_mtp_layer_prefix,
                                                   std::to_string(nm.hf_mtp_layer_id + mtp)}) + ".";
       if (ck.rfind(pre, 0) != 0) continue;
       HfTensor t;
@@ -63,6 +63,7 @@ inline std::vector<HfTensor> hf_layout(const model::ModelSpec& spec, const NameM
   };
   for (std::size_t i = 0; i < inst.size(); ++i) {
     const Instance& in = inst[i];
+    if (!in.kind.tied_to.empty()) continue;  // no HF tensor of its own (the tied output layer)
     if (in.mtp != last_mtp) {
       flush_copies(last_mtp);
       last_mtp = in.mtp;

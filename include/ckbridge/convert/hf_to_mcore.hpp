@@ -152,7 +152,9 @@ inline ArgList mcore_args(const ModelShape& shape, const ConvertOptions& o, cons
 
 // The (pp rank, virtual stage) pairs whose state dicts hold an instance: its layer's stage; the
 // embedding on the first partition and on every partition with MTP blocks (MTP needs it); final
-// norm and output layer where the last decoder layer is.
+// norm and output layer where the last decoder layer is, a tied output layer only there when that
+// partition does not also hold the embedding (Megatron: with pre- and post-process in one model
+// chunk the output layer uses the embedding's weight, otherwise it keeps a copy).
 inline std::vector<std::pair<int, int>> stages_holding(const PipelinePlan& pp, const Instance& in) {
   std::vector<std::pair<int, int>> st;
   for (int p = 0; p < pp.pp(); ++p)
@@ -160,7 +162,9 @@ inline std::vector<std::pair<int, int>> stages_holding(const PipelinePlan& pp, c
       bool here = false;
       switch (in.kind.where) {
         case model::Where::FirstStage: here = pp.has_embedding(p, s) || pp.has_mtp(p, s); break;
-        case model::Where::LastStage: here = pp.has_final_layers(p, s); break;
+        case model::Where::LastStage:
+          here = pp.has_final_layers(p, s) && (in.kind.tied_to.empty() || !pp.has_embedding(p, s));
+          break;
         default: {
           const LayerPlacement& lp = pp.placement(in.layer);
           here = lp.pp_rank == p && lp.vp_stage == s;
@@ -352,7 +356,14 @@ inline Plan plan_hf_to_mcore(const model::ModelSpec& spec, const safetensors::Ch
     plan.consume(copy_key);
   }
   std::set<std::string> checked;  // originals whose copies some producer compares
-  plan_to_mcore(spec, plan, nm, shape, o, [&](const Instance& in, Plan& pl) {
+  std::map<std::string, std::shared_ptr<const LogicalSource>, std::less<>> first_stage;  // by kind
+  plan_to_mcore(spec, plan, nm, shape, o, [&](const Instance& in, Plan& pl) -> std::shared_ptr<const LogicalSource> {
+    if (!in.kind.tied_to.empty()) {  // the tied output layer: the embedding's HF tensor, read once
+      auto it = first_stage.find(in.kind.tied_to);
+      if (it == first_stage.end())
+        fail("internal: '", in.kind.common, "' is tied to '", in.kind.tied_to, "', which the model does not have");
+      return it->second;
+    }
     const std::vector<std::string> keys = hf_keys(nm, in);
     auto src = hf_source(ck, nm, keys, pl);
     for (const auto& k : keys) {
@@ -364,6 +375,7 @@ inline Plan plan_hf_to_mcore(const model::ModelSpec& spec, const safetensors::Ch
       for (const auto& c : it->second) src->must_equal.push_back({c, ck.view(c)});
       checked.insert(k);
     }
+    if (in.kind.where == model::Where::FirstStage) first_stage[std::string(in.kind.common)] = src;
     return std::shared_ptr<const LogicalSource>(src);
   });
   for (const auto& [orig, copies] : copies_of)

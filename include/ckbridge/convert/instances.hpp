@@ -69,7 +69,9 @@ struct ModelShape {
 // kinds in policy order, routed experts by ascending id), MTP blocks, then last-stage globals.
 inline std::vector<Instance> enumerate_instances(const model::ModelSpec& spec, const ModelShape& shape) {
   using model::Where;
-  const std::vector<model::ParamKind>& kinds = spec.params;
+  std::vector<model::ParamKind> kinds;  // the kinds this model has (a kind may depend on the config)
+  for (const auto& k : spec.params)
+    if (!k.present || k.present(shape.dims.model)) kinds.push_back(k);
   std::vector<Instance> out;
   auto layer = [&](int id, int mtp) {
     const bool moe = shape.is_moe(id);

@@ -4,6 +4,7 @@
 // of its layout map, and written under its HF name in the canonical HF layout, keeping FP8 data
 // and scales without re-quantization where the blocks allow it.
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,6 +90,14 @@ public:
     // stages holding the instance: the first one is read, the others (embedding copies on MTP
     // stages) are duplicates that only count as consumed
     std::vector<std::pair<int, int>> stages = stages_holding(pp, in);
+    std::shared_ptr<const LogicalSource> tied_to;  // a tied output layer: the embedding it copies
+    if (!in.kind.tied_to.empty()) {
+      auto it = first_stage_.find(in.kind.tied_to);
+      if (it == first_stage_.end())
+        fail("internal: '", in.kind.common, "' is tied to '", in.kind.tied_to, "', which the model does not have");
+      if (stages.empty()) return it->second;  // not stored in this layout: the embedding itself
+      tied_to = it->second;
+    }
     if (in.kind.where == model::Where::FirstStage)  // read from the first partition (vp 0)
       std::stable_sort(stages.begin(), stages.end(), [&](auto a, auto b) {
         return pp.has_embedding(a.first, a.second) > pp.has_embedding(b.first, b.second);
@@ -131,6 +140,8 @@ public:
     }
     any_fp8_ = any_fp8_ || src->fp8;
     if (src->fp8) all_pow2_ = all_pow2_ && src->pow2;
+    if (in.kind.where == model::Where::FirstStage) first_stage_[std::string(in.kind.common)] = src;
+    if (tied_to) copies_[tied_to.get()].push_back(src);  // checked equal to the embedding on MCore -> HF
     return src;
   }
 
@@ -150,6 +161,7 @@ private:
   McoreFileLayout files_;
   bool any_fp8_ = false, all_pow2_ = true;
   std::map<const LogicalSource*, std::vector<std::shared_ptr<const LogicalSource>>> copies_;
+  std::map<std::string, std::shared_ptr<const LogicalSource>, std::less<>> first_stage_;  // by kind
   std::shared_ptr<int> random_access_;  // restores normal access when the last copy goes
 };
 
@@ -225,11 +237,13 @@ inline Plan plan_mcore_to_hf(const model::ModelSpec& spec, McoreCheckpoint& ck, 
   // HF side: the canonical layout, dtypes decided per tensor.
   const bool hf_fp8 = (any_fp8 && !o.dequantize_fp8) || o.convert_to_fp8;
   std::vector<HfTensor> layout = hf_layout(spec, nm, shape, {hf_fp8, o.torch_dtype});
+  auto inst_float32 = [&](const HfTensor& t) { return inst[t.instance].kind.hf_float32; };
   std::map<std::string, std::size_t> by_key;
   for (std::size_t k = 0; k < layout.size(); ++k) by_key[layout[k].key] = k;
   std::map<std::string, OutEntry> entries;  // HF key -> entry (weights and scales separately)
   std::vector<safetensors::TensorSpec> specs;
   bool written_pow2 = true;
+  std::set<DType> weight_dtypes;  // of the tensors written unquantized (not float32 kinds): config.json's torch_dtype
   for (const HfTensor& t : layout) {
     if (t.is_scale) continue;  // made with its weight
     const HfTensor& orig = t.is_copy ? layout[by_key.at(t.copy_of)] : t;
@@ -260,6 +274,7 @@ inline Plan plan_mcore_to_hf(const model::ModelSpec& spec, McoreCheckpoint& ck, 
       e.scale = {};
     } else {
       specs.push_back({t.key, e.data.dtype, e.data.shape});
+      if (!inst_float32(orig)) weight_dtypes.insert(e.data.dtype);
     }
     e.key = t.key;
     entries[t.key] = std::move(e);
@@ -276,7 +291,8 @@ inline Plan plan_mcore_to_hf(const model::ModelSpec& spec, McoreCheckpoint& ck, 
   config::HfJsonOptions jo;
   jo.fp8_quantization_config = hf_fp8;
   if (hf_fp8 && written_pow2) jo.scale_fmt = "ue8m0";
-  jo.dtype = std::string(torch_dtype_name(o.torch_dtype));
+  // the dtype the weights keep (a float16 Llama 2 stays float16); --torch_dtype when they are FP8 or mixed
+  jo.dtype = std::string(torch_dtype_name(weight_dtypes.size() == 1 ? *weight_dtypes.begin() : o.torch_dtype));
   plan.small_files.push_back({"config.json", hf_config_json(spec, mc, jo) + "\n"});
   return plan;
 }

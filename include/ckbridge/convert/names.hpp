@@ -39,6 +39,7 @@ struct NameMap {
   std::string hf_layer_prefix = "layers";
   std::string weight_scale_key = "weight_scale_inv";
   int hf_mtp_layer_id = -1;  // HF layer index of MTP block 0 (DeepSeek V3: num_hidden_layers)
+  std::string hf_mtp_layer_prefix = "layers";  // HF prefix of MTP blocks (DeepSeek: layers; MiMo: mtp_layers)
   std::string mcore_layer_prefix = "decoder.layers";
   std::string mcore_mtp_layer_prefix = "mtp.layers";
   std::string mtp_inner = "transformer_layer";  // mtp_name_prefix_for_layer
@@ -106,12 +107,14 @@ inline std::string join(std::initializer_list<std::string_view> parts) {
 inline std::vector<std::string> hf_keys(const NameMap& nm, const Instance& in) {
   using model::Where;
   const auto keys = names_detail::split_keys(in.kind.common);
-  const HfEntry& leaf = nm.hf_entry(keys.back());
+  // a tied kind has no HF tensor of its own: it reads its FirstStage kind's (the embedding)
+  const HfEntry& leaf = nm.hf_entry(in.kind.tied_to.empty() ? keys.back() : in.kind.tied_to);
   std::string prefix;
   if (in.kind.where != Where::FirstStage && in.kind.where != Where::LastStage) {
     const int hf_layer = in.mtp >= 0 ? nm.hf_mtp_layer_id + in.mtp : in.layer;
     if (in.mtp >= 0 && nm.hf_mtp_layer_id < 0) fail("convert config: args.huggingface.mtp_layer_id is not set");
-    prefix = names_detail::join({nm.hf_transformer, nm.hf_layer_prefix, std::to_string(hf_layer)});
+    prefix = names_detail::join({nm.hf_transformer, in.mtp >= 0 ? nm.hf_mtp_layer_prefix : nm.hf_layer_prefix,
+                                 std::to_string(hf_layer)});
   }
   if (keys.size() == 2) {
     prefix = names_detail::join({prefix, nm.hf_entry(keys[0]).names.front()});

@@ -17,10 +17,7 @@ namespace ckbridge::model {
 
 namespace deepseek_v3 {
 // The MTP block's projection of [embedding; hidden] (its inner layer uses the per-layer kinds).
-struct MtpEhProj : Param<"mtp_eh_proj", Where::MtpBlock, Fp8::MtpProjection> {
-  static layout::SplitDim layout(const Dims&) { return {0}; }
-  static Shape shape(const Dims& d) { return {d.model.hidden_size, 2 * d.model.hidden_size}; }
-};
+using MtpEhProj = kinds::MtpEhProj;
 // The DeepSeek V3 / Kimi K2 parameter list (MLA with a q LoRA, dense then MoE with shared experts and
 // a router bias, optional MTP blocks).
 using params = std::tuple<

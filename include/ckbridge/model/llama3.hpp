@@ -1,15 +1,17 @@
 #pragma once
-// Llama 3 / 3.1 (dense decoder, GQA attention, SwiGLU MLP, RMSNorm, untied output layer) as a
-// model policy: shared kinds only (model/common.hpp), its MCore args and its config.json writer.
-// As for every model, names are not here: configs/llama3/ckpt_convert/llama3_convert.yaml maps
-// each common name to its HF and MCore names (LoongForge's TE naming: the input norm is
-// `self_attention.linear_qkv.layer_norm_weight`, the post-attention norm
-// `mlp.linear_fc1.layer_norm_weight`). HF's q_proj, k_proj and v_proj are one instance
-// ("attention.query_key_value", a three-name list in the YAML) laid out by kinds::Qkv.
+// Llama 2 / 3 / 3.1 (LlamaForCausalLM: dense decoder, GQA or multi-head attention, SwiGLU MLP,
+// RMSNorm, untied output layer) as one model policy: shared kinds only (model/common.hpp), its
+// MCore args and its config.json writer. What tells the versions apart is configuration, not
+// tensors: Llama 2 is multi-head (query groups = heads) and float16 (the weights keep their dtype,
+// and config.json's torch_dtype follows them), Llama 3.1 has rope scaling of type "llama3". So
+// `--model llama2` and `--model llama3_1` name this policy too.
+// As for every model, names are not here: configs/llama3/ckpt_convert/llama3_convert.yaml (and
+// LoongForge's llama3_1_convert.yaml, llama2_convert.yaml) map each common name to its HF and
+// MCore names (LoongForge's TE naming: the input norm is `self_attention.linear_qkv.layer_norm_weight`,
+// the post-attention norm `mlp.linear_fc1.layer_norm_weight`). HF's q_proj, k_proj and v_proj are
+// one instance ("attention.query_key_value", a three-name list in the YAML) laid out by kinds::Qkv.
 // docs/adding-a-model.md walks through this file as the worked example.
-#include <rapidjson/prettywriter.h>
-#include <rapidjson/stringbuffer.h>
-
+#include <array>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -22,12 +24,14 @@ namespace ckbridge::model {
 
 struct Llama3 {
   static constexpr std::string_view name = "llama3";
+  static constexpr std::array<std::string_view, 2> aliases{"llama2", "llama3_1"};
   static constexpr std::string_view hf_architecture = "LlamaForCausalLM";
   using params = std::tuple<kinds::WordEmbeddings, kinds::FinalNorm, kinds::OutputLayer,  //
                             kinds::InputNorm, kinds::Qkv, kinds::AttentionDense,          // attention
                             kinds::PostAttentionNorm, kinds::MlpFc1<>, kinds::MlpFc2<>>;  // MLP
 
-  // Refuses what the kinds above cannot describe (the config reader checks the rest).
+  // Refuses what the kinds above cannot describe (the config reader checks the rest), and so the
+  // configs of the other GQA families (Qwen2's q/k/v biases, Qwen3's q/k norms).
   static void check(const config::ModelConfig& c) {
     if (c.multi_latent_attention)
       fail("llama3: the model config describes multi-latent attention (kv_lora_rank, multi_latent_attention); "
@@ -36,52 +40,41 @@ struct Llama3 {
     if (c.mtp_num_layers != 0)
       fail("llama3: the model config has mtp_num_layers ", c.mtp_num_layers, "; Llama 3 has none");
     if (c.qk_layernorm) fail("llama3: key 'qk_layernorm' is true; Llama has no q/k norms (Qwen3 has)");
+    if (c.add_qkv_bias) fail("llama3: key 'add_qkv_bias' is true; Llama has no q/k/v biases (Qwen2 has)");
     if (!c.untie_embeddings_and_output_weights)
       fail("llama3: tied embeddings (untie_embeddings_and_output_weights: false) are not supported");
   }
-  static ArgList mcore_args(const config::ModelConfig& c) { return kinds::gqa_mcore_args(c); }
+  static ArgList mcore_args(const config::ModelConfig& c) {
+    ArgList a = kinds::gqa_mcore_args(c);
+    if (c.llama3_rope_scaling) {  // Megatron-LM's --use-rope-scaling (Llama 3.1's frequency scaling)
+      a.emplace_back("use_rope_scaling", ArgValue{true});
+      a.emplace_back("rope_scaling_factor", ArgValue{c.llama3_rope_scaling->factor});
+    }
+    return a;
+  }
 
-  // HF config.json of a Llama 3 (LlamaForCausalLM) model: dense SwiGLU MLP, GQA attention, RMSNorm,
-  // keys in a stable (sorted) order like transformers writes them. YaRN rope scaling and MoE do not
-  // exist in this schema and are refused.
+  // HF config.json of a LlamaForCausalLM model: the dense GQA block plus Llama's keys; Llama 3.1's
+  // rope scaling as rope_type "llama3". YaRN rope scaling and MoE do not exist in this schema and
+  // are refused.
   static std::string hf_config_json(const config::ModelConfig& c, const config::HfJsonOptions& o) {
     c.validate("model config");
     if (c.multi_latent_attention) fail("model config: multi-latent attention has no Llama config.json form");
     if (c.num_experts != 0) fail("model config: key 'num_experts': ", c.num_experts, " experts; a Llama model is dense");
     if (c.mtp_num_layers != 0) fail("model config: key 'mtp_num_layers': a Llama config.json has no MTP layers");
     if (c.rope_scaling) fail("model config: YaRN rope scaling has no Llama config.json form (set rope_type: rope)");
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    w.SetIndent(' ', 2);
-    w.StartObject();
-    w.Key("architectures"); w.StartArray(); w.String(hf_architecture.data(), static_cast<rapidjson::SizeType>(hf_architecture.size())); w.EndArray();
-    w.Key("attention_bias"); w.Bool(false);
-    w.Key("attention_dropout"); w.Double(0.0);
-    w.Key("bos_token_id"); w.Int(0);
-    w.Key("eos_token_id"); w.Int(1);
-    w.Key("head_dim"); w.Int64(c.head_dim());
-    w.Key("hidden_act"); w.String("silu");
-    w.Key("hidden_size"); w.Int64(c.hidden_size);
-    w.Key("initializer_range"); w.Double(0.02);
-    w.Key("intermediate_size"); w.Int64(c.ffn_hidden_size);
-    w.Key("max_position_embeddings"); w.Int64(c.max_position_embeddings);
-    w.Key("mlp_bias"); w.Bool(false);
-    w.Key("model_type"); w.String("llama");
-    w.Key("num_attention_heads"); w.Int64(c.num_attention_heads);
-    w.Key("num_hidden_layers"); w.Int64(c.num_layers);
-    w.Key("num_key_value_heads"); w.Int64(c.num_query_groups);
-    w.Key("pretraining_tp"); w.Int(1);
-    if (o.fp8_quantization_config) config::write_fp8_quantization_config(w, o);
-    w.Key("rms_norm_eps"); w.Double(c.norm_epsilon);
-    w.Key("rope_scaling"); w.Null();
-    w.Key("rope_theta"); w.Double(c.rotary_base);
-    w.Key("tie_word_embeddings"); w.Bool(!c.untie_embeddings_and_output_weights);
-    w.Key("torch_dtype"); w.String(o.dtype.c_str());
-    w.Key("transformers_version"); w.String(o.transformers_version.c_str());
-    w.Key("use_cache"); w.Bool(true);
-    w.Key("vocab_size"); w.Int64(c.vocab_size);
-    w.EndObject();
-    return std::string(sb.GetString(), sb.GetSize()) + "\n";
+    kinds::HfConfigJson j = kinds::dense_gqa_config_json(c, o, hf_architecture, "llama");
+    j.flag("attention_bias", false).integer("head_dim", c.head_dim()).flag("mlp_bias", false).integer("pretraining_tp", 1);
+    if (const auto& r = c.llama3_rope_scaling)
+      j.value("rope_scaling", [r = *r](kinds::HfConfigJson::Writer& w) {
+        w.StartObject();
+        w.Key("factor"); w.Double(r.factor);
+        w.Key("high_freq_factor"); w.Double(r.high_freq_factor);
+        w.Key("low_freq_factor"); w.Double(r.low_freq_factor);
+        w.Key("original_max_position_embeddings"); w.Int64(r.original_max_position_embeddings);
+        w.Key("rope_type"); w.String("llama3");
+        w.EndObject();
+      });
+    return j.str();
   }
 };
 

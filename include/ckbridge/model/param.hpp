@@ -59,6 +59,10 @@ struct Dims {
 //   static std::vector<std::int64_t> hf_parts(const Dims&)  rows of each HF tensor it concatenates
 //                                                           along dim 0 (default: equal parts)
 //   static constexpr bool hf_float32 = true;                HF keeps it in float32
+//   static bool present(const config::ModelConfig&)         whether the model has it (default: always)
+//   static constexpr std::string_view tied_to = "...";      a LastStage kind with no HF tensor of its
+//                                                           own: the HF tensor of that FirstStage kind
+//                                                           (tied output layer = the embedding)
 template <fixed_string Common, Where W, Fp8 F = Fp8::Never, TpGroup G = TpGroup::Tensor>
 struct Param {
   static constexpr std::string_view common = Common.view();

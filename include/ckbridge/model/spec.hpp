@@ -36,6 +36,10 @@ struct ParamKind {
   layout::AnyPolicy (*layout)(const Dims&) = nullptr;              // the kind's TP layout
   Shape (*shape)(const Dims&) = nullptr;                            // its full (HF-side) shape
   std::vector<std::int64_t> (*hf_parts)(const Dims&) = nullptr;     // rows per HF part; null: equal parts
+  bool (*present)(const config::ModelConfig&) = nullptr;            // does the model have it? null: always
+  // Tied: no tensor of its own in HF; the HF tensor of kind `tied_to` (a FirstStage kind) holds it,
+  // and MCore stores it only in a stage that does not hold that kind (Megatron's tied output layer).
+  std::string_view tied_to;
 
   // Rows of each of `parts` HF tensors concatenated along dim 0 into the full tensor.
   std::vector<std::int64_t> part_rows(const Dims& d, std::size_t parts) const {
@@ -64,6 +68,7 @@ struct ModelSpec {
   std::string_view name;
   std::string_view hf_architecture;  // config.json `architectures[0]` of the family (empty: unknown)
   std::string_view hf_model_type;    // config.json `model_type` when it tells families apart (else empty)
+  std::vector<std::string_view> aliases;  // other --model names of the same policy (Llama 2 / 3.1 -> llama3)
   std::vector<ParamKind> params;      // in policy order (the canonical tensor order)
   std::vector<MtpCopyKind> mtp_copies;
   void (*check)(const config::ModelConfig&) = nullptr;  // refuses configs the family cannot describe
@@ -100,6 +105,12 @@ ParamKind kind_of() {
   k.shape = +[](const Dims& d) { return K::shape(d); };
   if constexpr (requires(const Dims& d) { K::hf_parts(d); })
     k.hf_parts = +[](const Dims& d) { return std::vector<std::int64_t>(K::hf_parts(d)); };
+  if constexpr (requires(const config::ModelConfig& c) { { K::present(c) } -> std::same_as<bool>; })
+    k.present = +[](const config::ModelConfig& c) { return K::present(c); };
+  if constexpr (requires { K::tied_to; }) {
+    static_assert(K::where == Where::LastStage, "a tied kind is a last-stage kind (the output layer)");
+    k.tied_to = K::tied_to;
+  }
   return k;
 }
 }  // namespace detail
@@ -109,6 +120,7 @@ ParamKind kind_of() {
 //     static constexpr std::string_view name = "...";
 //     static constexpr std::string_view hf_architecture = "...ForCausalLM";  // optional
 //     static constexpr std::string_view hf_model_type = "...";             // optional
+//     static constexpr std::array<std::string_view, N> aliases{...};       // optional other --model names
 //     using params = std::tuple<Kind...>;                 // each a Param-derived kind
 //     using mtp_copies = std::tuple<MtpCopy<...>...>;     // optional
 //     static void check(const config::ModelConfig&);      // optional
@@ -127,6 +139,8 @@ ModelSpec spec_of() {
   s.name = Policy::name;
   if constexpr (requires { Policy::hf_architecture; }) s.hf_architecture = Policy::hf_architecture;
   if constexpr (requires { Policy::hf_model_type; }) s.hf_model_type = Policy::hf_model_type;
+  if constexpr (requires { Policy::aliases; })
+    for (std::string_view a : Policy::aliases) s.aliases.push_back(a);
   [&]<class... K>(std::type_identity<std::tuple<K...>>) {
     static_assert((detail::Kind<K> && ...), "every parameter kind needs static layout(const Dims&) and shape(const Dims&)");
     (s.params.push_back(detail::kind_of<K>()), ...);
