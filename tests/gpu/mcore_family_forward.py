@@ -17,8 +17,9 @@ where the local module has no extra state are dropped; both are counted in the r
     mlp.linear_fc1.layer_norm_weight                  -> pre_mlp_layernorm.weight
     self_attention.linear_q_up_proj.layer_norm_weight -> self_attention.q_layernorm.weight
     self_attention.linear_kv_up_proj.layer_norm_weight -> self_attention.kv_layernorm.weight
-A `torch_dist` checkpoint (release/metadata.json) is loaded through dist_checkpointing.load with
-the model's sharded keys given the TE names the same way.
+A `torch_dist` checkpoint (release/metadata.json) is loaded through dist_checkpointing.load; the
+local spec's sharded keys are TE names already, except an MoE layer's pre-MLP norm (see
+SHARDED_LOCAL_TO_TE).
 """
 import argparse
 import contextlib
@@ -42,10 +43,18 @@ def to_local(k):
     return k
 
 
-def to_te(k, te_names):
-    """The TE name of a local key when the checkpoint holds it under that name."""
-    for te, loc in TE_TO_LOCAL:
-        if k.endswith(loc) and k[:-len(loc)] + te in te_names:
+# torch_dist: the local spec's sharded keys already use the TE names (its layers'
+# sharded_state_dict_keys_map), also for an MoE layer's pre-MLP norm, which the TE spec (and so
+# LoongForge's names, which ckbridge writes) keeps as a module of its own: that one key is looked up
+# under the TE spec's name.
+SHARDED_LOCAL_TO_TE = [('mlp.linear_fc1.layer_norm_weight', 'pre_mlp_layernorm.weight')]
+
+
+def sharded_key(k, names):
+    if k in names:
+        return k
+    for loc, te in SHARDED_LOCAL_TO_TE:
+        if k.endswith(loc) and k[:-len(loc)] + te in names:
             return k[:-len(loc)] + te
     return k
 
@@ -180,7 +189,7 @@ def main():
         ssd = model.sharded_state_dict()
         for v in nested_values(ssd):
             if isinstance(v, ShardedTensor):
-                k = to_te(v.key, meta)
+                k = sharded_key(v.key, meta)
                 if k != v.key:
                     v.key, adapted = k, adapted + 1
         want = {(v.unique_key if isinstance(v, ShardedObject) else v.key) for v in nested_values(ssd)}
