@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
-# Conversion benchmark: HF FP8 -> MCore (TP8, EP8, ETP1, grouped experts) on a generated
-# DeepSeek-V3-shaped checkpoint (configs/deepseek_v3/deepseek_v3_bench.yaml, ~5.5 GB), against
-# `cp -r` of the same input measured in the same run. Reports wall time, GB/s and peak RSS for
-# --max_workers 1, 2 (and more if the machine has the cores), and the ratios to cp. Memory: peak RSS
-# (VmHWM, includes mapped source pages) and peak RssAnon (anonymous memory, what the goal bounds).
-# Usage: bench/bench_convert.sh [build-dir] [work-dir]   (work-dir needs ~3x the checkpoint size)
+# Conversion benchmark against `cp -r` of the same input measured in the same run. Reports wall
+# time, GB/s and peak RSS for --max_workers 1, 2 (and more if the machine has the cores), and the
+# ratios to cp. Memory: peak RSS (VmHWM, includes mapped source pages) and peak RssAnon (anonymous
+# memory, what the goal bounds).
+#   CKB_BENCH_MODEL=deepseek_v3 (default): HF FP8 -> MCore TP8 EP8 ETP1 grouped on a generated
+#     DeepSeek-V3-shaped checkpoint (configs/deepseek_v3/deepseek_v3_bench.yaml, ~5.5 GB).
+#   CKB_BENCH_MODEL=qwen3_moe: HF BF16 -> MCore TP4 EP8 ETP1 grouped on a generated
+#     Qwen3-MoE-shaped checkpoint (configs/qwen3/qwen3_moe_bench.yaml: Qwen3-30B-A3B's tensors,
+#     128 experts, 3 layers, ~4.9 GB).
+#   CKB_BENCH_CONVERTER=PATH: the converter binary to time (default <build-dir>/examples/ckbridge_convert),
+#     e.g. one built from an older commit, to compare two versions on the same checkpoint.
+# Usage: bench/bench_convert.sh [build-dir] [work-dir]   (work-dir needs ~3x the checkpoint size;
+#   a work-dir holds one model's checkpoint: use one per CKB_BENCH_MODEL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 WORK=${2:-${TMPDIR:-/tmp}/ckbridge-bench-convert}
 BIN=$BUILD/examples
-CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
-CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
+MODEL=${CKB_BENCH_MODEL:-deepseek_v3}
+case $MODEL in
+  deepseek_v3)
+    CFG=configs/deepseek_v3/deepseek_v3_bench.yaml
+    CONV=configs/deepseek_v3/ckpt_convert/deepseek_v3_convert.yaml
+    DTYPE=fp8 TP=8 EP=8 TITLE="HF FP8 -> MCore TP8 EP8 ETP1 grouped (DeepSeek-V3-shaped)" ;;
+  qwen3_moe)
+    CFG=configs/qwen3/qwen3_moe_bench.yaml
+    CONV=configs/qwen3/ckpt_convert/qwen3_moe_convert.yaml
+    DTYPE=bf16 TP=4 EP=8 TITLE="HF BF16 -> MCore TP4 EP8 ETP1 grouped (Qwen3-MoE-shaped, 128 experts)" ;;
+  *) echo "CKB_BENCH_MODEL: unknown model '$MODEL' (deepseek_v3 or qwen3_moe)" >&2; exit 2 ;;
+esac
 cmake --build "$BUILD" --target ckbridge_convert make_tiny_checkpoint -j"$(nproc)" >/dev/null
+CONVERTER=${CKB_BENCH_CONVERTER:-$BIN/ckbridge_convert}
 mkdir -p "$WORK"
 if [[ ! -f $WORK/hf/config.json ]]; then
   rm -rf "$WORK/hf"
   echo "generating the benchmark checkpoint..."
-  "$BIN/deepseek_v3_make_tiny" --config_file "$CFG" --convert_file "$CONV" --out "$WORK/hf" --dtype fp8 --max_shard_size 1GB
+  "$BIN/deepseek_v3_make_tiny" --model "$MODEL" --config_file "$CFG" --convert_file "$CONV" --out "$WORK/hf" --dtype "$DTYPE" --max_shard_size 1GB
 fi
 SRC_BYTES=$(du -sb "$WORK/hf" | cut -f1)
 LARGEST=$(python3 - "$WORK/hf" <<'PY'
@@ -66,9 +84,9 @@ rows=()
 for w in 1 2 4; do
   [[ $w -gt $(($(nproc) * 2)) ]] && continue
   rm -rf "$WORK/out"
-  read -r _ S RSS ANON < <(measure "w$w" "$BIN/ckbridge_convert" --load_platform huggingface --save_platform mcore \
+  read -r _ S RSS ANON < <(measure "w$w" "$CONVERTER" --load_platform huggingface --save_platform mcore \
     --config_file "$CFG" --convert_file "$CONV" --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/out" \
-    --tensor_model_parallel_size 8 --expert_parallel_size 8 --expert_tensor_parallel_size 1 --moe-grouped-gemm \
+    --tensor_model_parallel_size "$TP" --expert_parallel_size "$EP" --expert_tensor_parallel_size 1 --moe-grouped-gemm \
     --safetensors --max_workers "$w" -q)
   OUT_BYTES=$(du -sb "$WORK/out" | cut -f1)
   rows+=("$(printf '%-26s %8.2f %8.2f %8.2fx %10.0f %10.0f %8s' "convert --max_workers $w" "$S" \
@@ -77,7 +95,7 @@ for w in 1 2 4; do
 done
 rm -rf "$WORK/out"
 echo
-echo "HF FP8 -> MCore TP8 EP8 ETP1 grouped; source $(echo "$SRC_BYTES / 1000000000" | bc -l | cut -c1-5) GB, largest tensor $(echo "$LARGEST / 1000000" | bc -l | cut -c1-6) MB, $(nproc) cores"
+echo "$TITLE, $(basename "$CONVERTER"); source $(echo "$SRC_BYTES / 1000000000" | bc -l | cut -c1-5) GB, largest tensor $(echo "$LARGEST / 1000000" | bc -l | cut -c1-6) MB, $(nproc) cores"
 printf '%-26s %8s %8s %9s %10s %10s %8s\n' "run" "seconds" "GB/s" "vs cp" "peakRSS MB" "RssAnon MB" "mem goal"
 printf '%-26s %8.2f %8.2f %8.2fx %10.0f %10s %8s\n' "cp -r (baseline)" "$CP_S" "$(echo "$SRC_BYTES / $CP_S / 1000000000" | bc -l)" 1 "$(echo "$CP_RSS / 1024" | bc -l)" "-" "-"
 printf '%s\n' "${rows[@]}"

@@ -18,8 +18,8 @@ where the local module has no extra state are dropped; both are counted in the r
     self_attention.linear_q_up_proj.layer_norm_weight -> self_attention.q_layernorm.weight
     self_attention.linear_kv_up_proj.layer_norm_weight -> self_attention.kv_layernorm.weight
 A `torch_dist` checkpoint (release/metadata.json) is loaded through dist_checkpointing.load; the
-local spec's sharded keys are TE names already, except an MoE layer's pre-MLP norm (see
-SHARDED_LOCAL_TO_TE).
+local spec's sharded keys are TE names already, except an MoE layer's pre-MLP norm and MLA's q norm
+(see SHARDED_LOCAL_TO_TE).
 """
 import argparse
 import contextlib
@@ -47,7 +47,11 @@ def to_local(k):
 # sharded_state_dict_keys_map), also for an MoE layer's pre-MLP norm, which the TE spec (and so
 # LoongForge's names, which ckbridge writes) keeps as a module of its own: that one key is looked up
 # under the TE spec's name.
-SHARDED_LOCAL_TO_TE = [('mlp.linear_fc1.layer_norm_weight', 'pre_mlp_layernorm.weight')]
+SHARDED_LOCAL_TO_TE = [('mlp.linear_fc1.layer_norm_weight', 'pre_mlp_layernorm.weight'),
+                       # MLA (DeepSeek V2 / V3): the local spec's keys map leaves the q / kv norms
+                       # under their module names; the TE spec fuses them into linear_q/kv_up_proj
+                       ('self_attention.q_layernorm.weight', 'self_attention.linear_q_up_proj.layer_norm_weight'),
+                       ('self_attention.kv_layernorm.weight', 'self_attention.linear_kv_up_proj.layer_norm_weight')]
 
 
 def sharded_key(k, names):
@@ -57,6 +61,26 @@ def sharded_key(k, names):
         if k.endswith(loc) and k[:-len(loc)] + te in names:
             return k[:-len(loc)] + te
     return k
+
+
+def use_v2_group_limited_topk():
+    """DeepSeek V2's group-limited greedy routing (transformers' DeepseekV2: a group scores the MAX of
+    its experts' softmax scores; the top `topk_group` groups are kept, then the top-k experts of
+    those) in place of Megatron-Core's group_limited_topk, which scores a group by the SUM of its
+    top-(topk / group_topk) experts (DeepSeek V3's node-limited rule; equal to V2's only when
+    topk == group_topk). The routing rule is the model's, not the checkpoint's: this check is about
+    the converted weights, so the Megatron model is made to route as the HF model does."""
+    from megatron.core.transformer.moe import moe_utils
+
+    def v2_group_limited_topk(scores, topk, num_tokens, num_experts, num_groups, group_topk):
+        group_scores = scores.view(num_tokens, num_groups, -1).max(dim=-1).values
+        group_idx = torch.topk(group_scores, k=group_topk, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1)
+        score_mask = group_mask.unsqueeze(-1).expand(num_tokens, num_groups, num_experts // num_groups)
+        masked = scores.masked_fill(~score_mask.reshape(num_tokens, -1).bool(), float('-inf'))
+        return torch.topk(masked, k=topk, dim=-1)
+
+    moe_utils.group_limited_topk = v2_group_limited_topk
 
 
 def build_config(c, tp, ep, cpu):
@@ -80,7 +104,11 @@ def build_config(c, tp, ep, cpu):
                   moe_router_load_balancing_type='none', moe_aux_loss_coeff=0.0, moe_router_dtype='fp32',
                   moe_token_dispatcher_type='alltoall' if ep > 1 else 'allgather', moe_grouped_gemm=False)
         if mla:  # DeepSeek V2: softmax over all experts, top-k, no renormalisation, scaled
-            assert c.get('topk_method', 'greedy') == 'greedy' or c.get('n_group', 1) == 1, c.get('topk_method')
+            if c.get('topk_method', 'greedy') == 'group_limited_greedy' and c.get('n_group', 1) > 1:
+                kw.update(moe_router_num_groups=c['n_group'], moe_router_group_topk=c['topk_group'])
+                use_v2_group_limited_topk()
+            else:
+                assert c.get('topk_method', 'greedy') == 'greedy' or c.get('n_group', 1) == 1, c.get('topk_method')
             assert not c.get('norm_topk_prob'), 'V2 with norm_topk_prob'
             first = c.get('first_k_dense_replace', 0)
             kw.update(moe_router_pre_softmax=True, moe_router_topk_scaling_factor=c.get('routed_scaling_factor', 1.0),
