@@ -68,7 +68,9 @@ def mcore_run(args, f, ckpt, src, ids_path, out, ref, label):
            os.path.join(src, 'config.json'), '--inputs', ids_path, '--out', out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        record('%s Megatron-Core %s' % (f.name, label), 'forward failed: ' + (r.stderr + r.stdout)[-1500:], '', False)
+        out_err = r.stdout + r.stderr
+        errs = [ln for ln in out_err.splitlines() if 'Error' in ln and 'ChildFailedError' not in ln]
+        record('%s Megatron-Core %s' % (f.name, label), 'forward failed: ' + (errs[-1] if errs else out_err[-1500:]), '', False)
         return
     res = torch.load(out, weights_only=False)
     rk = res['ranks'][0]

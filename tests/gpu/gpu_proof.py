@@ -264,10 +264,13 @@ class Converter:
         return r.stdout + r.stderr
 
 
+MANIFEST = 'ckbridge-manifest.json'  # records the run's arguments (--device differs): not compared
+
+
 def same_tree(a, b):
-    """(identical, files compared, first difference) for every file under a and b."""
-    fa = sorted(os.path.relpath(os.path.join(p, f), a) for p, _, fs in os.walk(a) for f in fs)
-    fb = sorted(os.path.relpath(os.path.join(p, f), b) for p, _, fs in os.walk(b) for f in fs)
+    """(identical, files compared, first difference) for every file under a and b but the manifest."""
+    fa = sorted(os.path.relpath(os.path.join(p, f), a) for p, _, fs in os.walk(a) for f in fs if f != MANIFEST)
+    fb = sorted(os.path.relpath(os.path.join(p, f), b) for p, _, fs in os.walk(b) for f in fs if f != MANIFEST)
     if fa != fb:
         return False, len(fa), 'file lists differ: %s' % sorted(set(fa) ^ set(fb))[:4]
     for f in fa:
@@ -303,7 +306,7 @@ def round_trips(conv, work, kind, layouts):
         nfiles = sum(len(fs) for _, _, fs in os.walk(os.path.join(mdir, 'release')))
         ok = filecmp.cmp(os.path.join(src, 'model.safetensors'), os.path.join(hdir, 'model.safetensors'),
                          shallow=False)
-        extra = sorted(set(os.listdir(hdir)) - {'model.safetensors', 'config.json'})
+        extra = sorted(set(os.listdir(hdir)) - {'model.safetensors', 'config.json', MANIFEST})
         record('%s HF -> MCore %s (%d rank files) -> HF: model.safetensors bytes' % (kind.upper(), name, nfiles),
                'identical (%d bytes)' % os.path.getsize(os.path.join(hdir, 'model.safetensors')) if ok and not extra
                else 'DIFFERENT' + (' extra files %s' % extra if extra else ''), 'byte-equal', ok and not extra)
