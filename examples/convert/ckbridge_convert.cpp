@@ -51,6 +51,7 @@ struct Flags {
   std::string custom_pipeline_layers, pipeline_layout, vpp_scheduler;
   bool safetensors = false, grouped_gemm = false, fp8_force_no_requant = false, convert_to_fp8 = false;
   bool dry_run = false, dequantize_fp8 = false, quiet = false, overwrite = false, allow_nonfinite = false;
+  bool torch_dist_strides = false;
   bool distributed = false;
   float amax_epsilon = 0.0f;
   std::string quant_method = "te", force_pow_2_scales = "unset", torch_dtype = "bfloat16";
@@ -197,6 +198,9 @@ int main(int argc, char** argv) {
   app.add_option("--ckpt_format,--ckpt-format", f.ckpt_format,
                  "MCore output format: torch (legacy, per rank) or torch_dist (distributed checkpoint; "
                  "no parallel layout)")->check(CLI::IsMember({"torch", "torch_dist"}));
+  app.add_flag("--torch_dist_strides", f.torch_dist_strides,
+               "torch_dist .metadata: record tensor strides (the 6-field TensorProperties of recent torch, e.g. "
+               "2.15; torch 2.11 cannot read it); default: the 5-field form every torch version reads");
   app.add_flag("-q,--quiet", f.quiet, "no progress output");
   app.add_flag("--distributed_convert", f.distributed,
                "share the output files among the processes of the MPI job this runs in (mpirun, srun); the output "
@@ -303,6 +307,7 @@ int main(int argc, char** argv) {
     o.max_workers = f.max_workers;
     const format::TeVersion te = parse_te(f.te_version);
     const bool torch_dist_out = f.save_platform == "mcore" && f.ckpt_format == "torch_dist";
+    if (f.torch_dist_strides && !torch_dist_out) fail("--torch_dist_strides applies to --ckpt_format torch_dist output only");
     if (f.ckpt_format != "torch" && f.save_platform != "mcore") fail("--ckpt_format applies to MCore output only");
     if (torch_dist_out) {  // layout-free: planned as one rank, re-keyed by convert/torch_dist_out.hpp
       for (const char* flag : {"--tensor_model_parallel_size", "--pipeline_model_parallel_size", "--expert_parallel_size",
@@ -408,6 +413,7 @@ int main(int argc, char** argv) {
       to.gated = true;  // every model ckbridge converts has SwiGLU MLPs
       if (mc.homogeneous_layers) to.stacked_layers = mc.num_layers;
       to.files = static_cast<unsigned>(std::max(2, f.max_workers));
+      to.strides_field = f.torch_dist_strides;
       // Test seam for the kill-and-resume tests (as the legacy writer's): die (SIGKILL, no cleanup)
       // once this many chunk bytes were produced; progress is recorded every
       // CKBRIDGE_TEST_SYNC_BYTES bytes of a data file (default 256 MiB).
@@ -448,7 +454,7 @@ int main(int argc, char** argv) {
         << " te " << f.te_version << " dtype " << f.torch_dtype << " eps " << f.amax_epsilon << " method "
         << f.quant_method << " pow2 " << f.force_pow_2_scales << " model " << spec.name << "\n"
         << convert::options_fingerprint(o) << source_fp;
-    if (torch_dist_out) why << "ckpt_format torch_dist files " << to.files << "\n";
+    if (torch_dist_out) why << "ckpt_format torch_dist files " << to.files << " strides " << to.strides_field << "\n";
     convert::check_memory(plan, o.max_workers);
     const std::string fingerprint = convert::plan_fingerprint(plan, why.str());
     const std::string run_id = fingerprint.substr(0, fingerprint.find('\n'));

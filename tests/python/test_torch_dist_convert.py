@@ -198,7 +198,8 @@ def run_all(work):
 
     def megatron_bytes():
         dst = os.path.join(work, 'ds_td')
-        convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist'])
+        # the fixture was saved under torch 2.15, which records strides in TensorProperties
+        convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist', '--torch_dist_strides'])
         rel = os.path.join(dst, 'release')
         ref = os.path.join(DATA, 'ds_tiny_megatron')
         assert open(os.path.join(dst, 'latest_checkpointed_iteration.txt')).read() == 'release'
@@ -214,13 +215,30 @@ def run_all(work):
         assert list(a[0]) == list(b[0]), 'key order differs'
         assert a[0] == b[0], [k for k in a[0] if a[0][k] != b[0].get(k)][:5]
         assert a[1] == b[1], [k for k in a[1] if a[1][k] != b[1].get(k)][:5]
-    H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata', megatron_bytes)
+        # default: the 5-field TensorProperties state (older torch, e.g. 2.11, unpickles exactly 5
+        # fields); the same data files, the same metadata with strides None
+        dst5 = os.path.join(work, 'ds_td5')
+        convert(DS_CFG, DS_CONV, ds16, dst5, ['--ckpt_format', 'torch_dist'])
+        rel5 = os.path.join(dst5, 'release')
+        md5 = read_metadata(os.path.join(rel5, '.metadata'))
+        lens = {len(v.properties.state) for v in md5.state_dict_metadata.values()
+                if type(v).__name__ != 'BytesStorageMetadata'}
+        assert lens == {5}, lens
+        have5 = {f: (hashlib.sha256(open(os.path.join(rel5, f), 'rb').read()).hexdigest(), os.path.getsize(os.path.join(rel5, f)))
+                 for f in os.listdir(rel5) if f.endswith('.distcp')}
+        assert have5 == want
+        a5 = summary(md5)
+        assert a5[0] == {k: (v if len(v) == 1 else (v[0], v[1], None, v[3])) for k, v in b[0].items()}
+        assert a5[1] == b[1]
+    H.check('DeepSeek V3 HF -> torch_dist: data files byte-identical to Megatron-Core\'s save, same metadata '
+            '(--torch_dist_strides; default: the 5-field TensorProperties of older torch)', megatron_bytes)
 
     def grouped_gemm_same():
         # Megatron-Core 0.16.1's TEGroupedMLP / GroupedMLP save their experts under SequentialMLP's keys
         # and global shapes (docs/torch-dist-format.md §5): --moe-grouped-gemm gives the same checkpoint
         dst = os.path.join(work, 'ds_td_gg')
-        out = convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist', '--moe-grouped-gemm'])
+        out = convert(DS_CFG, DS_CONV, ds16, dst, ['--ckpt_format', 'torch_dist', '--moe-grouped-gemm',
+                                                   '--torch_dist_strides'])
         assert 'same keys' in out, out
         ref = os.path.join(DATA, 'ds_tiny_megatron')
         want = {line.split()[2]: line.split()[0] for line in open(os.path.join(ref, 'data_files.sha256'))}
@@ -353,7 +371,7 @@ def run_all(work):
         f = fam.FAMILIES['qwen3']
         src, dst = os.path.join(work, 'q3_hf'), os.path.join(work, 'q3_td')
         fam.generate(f, src, 'bf16')
-        convert(f.tiny, f.convert, src, dst, ['--ckpt_format', 'torch_dist'], 'qwen3')
+        convert(f.tiny, f.convert, src, dst, ['--ckpt_format', 'torch_dist', '--torch_dist_strides'], 'qwen3')
         rel, ref = os.path.join(dst, 'release'), os.path.join(DATA, 'qwen3_tiny_megatron')
         assert open(os.path.join(rel, 'metadata.json'), 'rb').read() == open(os.path.join(ref, 'metadata.json'), 'rb').read()
         want = {line.split()[2]: (line.split()[0], int(line.split()[1])) for line in open(os.path.join(ref, 'data_files.sha256'))}

@@ -203,6 +203,8 @@ BOOST_AUTO_TEST_CASE(writes_megatron_bytes) {
     o.checkpoint_id = r.metadata().checkpoint_id;
     o.save_id = r.metadata().save_id;
     o.fsync = false;
+    o.strides_field = true;  // the fixtures were saved under torch 2.15, which records strides
+    BOOST_CHECK(r.metadata().strides_field);
     if (name == "simple") o.common = simple_common();
     const auto rep = td::write_checkpoint(out.p, entries_like(r.metadata(), ref), o);
     BOOST_CHECK_EQUAL(rep.files.size(), 2u);
@@ -216,6 +218,21 @@ BOOST_AUTO_TEST_CASE(writes_megatron_bytes) {
     td::Reader again(out.p);
     for (const auto& e : again.metadata().entries)
       if (!e.bytes) BOOST_CHECK(same_bytes(again.read(e.fqn).cview(), ref.bytes(e.fqn)));
+    // Default: the 5-field TensorProperties state (every torch reads it; strides read as None), the
+    // same data files; the Python test checks torch's own unpickling of both forms.
+    TmpDir out5("w5_" + name);
+    o.strides_field = false;
+    td::write_checkpoint(out5.p, entries_like(r.metadata(), ref), o);
+    for (const char* f : {"__0_0.distcp", "__0_1.distcp", "metadata.json", "common.pt"})
+      BOOST_CHECK_MESSAGE(slurp(out5.p / f) == slurp(src / f), name << ": 5-field " << f << " differs");
+    td::Reader five(out5.p);
+    BOOST_CHECK(!five.metadata().strides_field);
+    BOOST_REQUIRE_EQUAL(five.metadata().entries.size(), r.metadata().entries.size());
+    for (std::size_t i = 0; i < r.metadata().entries.size(); ++i) {
+      td::Entry want = r.metadata().entries[i];
+      want.strides.reset();
+      BOOST_CHECK(five.metadata().entries[i] == want);
+    }
   }
 }
 
@@ -306,6 +323,7 @@ BOOST_AUTO_TEST_CASE(resumable_write_continues) {
   o.fsync = false;
   o.progress_dir = out.p / ".progress";
   o.sync_bytes = 1;  // record after every item
+  o.strides_field = true;  // compared with the torch 2.15 fixture's metadata below
   for (const std::size_t fail_after : {std::size_t(5), std::size_t(40)}) {
     fs::remove_all(out.p);
     std::vector<td::WriteEntry> failing = entries_like(r.metadata(), ref);

@@ -26,6 +26,9 @@ struct TorchDistOutOptions {
   std::int64_t stacked_layers = 0;  // the layer count when decoder layers are stacked (homogeneous model)
   unsigned files = 2;  // data files (writer threads); Megatron-Core's default layout with 2
   bool fsync = true;
+  // `.metadata` TensorProperties with the strides field (format::torch_dist::Metadata::strides_field):
+  // as torch >= 2.1x writes it; default: the 5-field state that every torch version reads.
+  bool strides_field = false;
   // Resumable writing (torch_dist_writer.hpp): where the writer keeps its progress (the run state
   // directory of convert/resume.hpp), how often it records it, and a fixed StorageMeta.save_id so
   // that a resumed run writes the same `.metadata` (empty: random).
@@ -164,6 +167,7 @@ inline format::torch_dist::WriteReport write_torch_dist(const Plan& plan,
   wo.progress_dir = o.progress_dir;
   wo.sync_bytes = o.sync_bytes;
   wo.save_id = o.save_id;
+  wo.strides_field = o.strides_field;
   auto rep = format::torch_dist::write_checkpoint(iter_dir, entries, wo);
   if (!o.write_small_files) return rep;
   for (const auto& [rel, text] : plan.small_files) {  // the tracker file

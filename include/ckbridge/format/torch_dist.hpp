@@ -62,6 +62,10 @@ struct Metadata {
   std::string checkpoint_id;    // StorageMeta.checkpoint_id (the save path as given; informational)
   std::string save_id;          // StorageMeta.save_id (a uuid4 string; informational)
   std::string version = "1.0.0";
+  // TensorProperties pickled with the strides field (the 6-field state that recent torch writes:
+  // torch 2.15 does, torch 2.11 cannot read it); false: the 5-field state every torch reads (strides
+  // then read as None). Set by the parser from what the file holds.
+  bool strides_field = false;
 
   const Entry* find(std::string_view fqn) const {
     for (const auto& e : entries)
@@ -163,7 +167,7 @@ private:
 inline constexpr const char* kMeta = "torch.distributed.checkpoint.metadata";
 inline constexpr const char* kFs = "torch.distributed.checkpoint.filesystem";
 
-inline void tensor_properties(P4& p, DType dt, const std::optional<Shape>& strides) {
+inline void tensor_properties(P4& p, DType dt, const std::optional<Shape>& strides, bool strides_field) {
   p.new_object(kMeta, "TensorProperties");
   p.op('(');
   p.global("torch", std::string(torch_dtype_name(dt)));
@@ -177,8 +181,10 @@ inline void tensor_properties(P4& p, DType dt, const std::optional<Shape>& strid
   p.op(0x85);
   p.op('R');
   p.boolean(false);                                // pin_memory
-  if (strides) p.int_tuple(*strides);
-  else p.none();
+  if (strides_field) {
+    if (strides) p.int_tuple(*strides);
+    else p.none();
+  }
   p.op('t');
   p.op('b');
 }
@@ -266,7 +272,7 @@ inline std::vector<std::uint8_t> pickle_metadata(const Metadata& m) {
       p.op('}');
       p.op('(');
       p.str("properties");
-      tensor_properties(p, e.dtype, e.strides);
+      tensor_properties(p, e.dtype, e.strides, m.strides_field);
       p.str("size");
       p.torch_size(e.size);
       p.str("chunks");
@@ -383,6 +389,7 @@ inline Metadata parse_metadata(std::span<const std::byte> bytes, const std::stri
       const auto d = dtype_from_torch_dtype(dt->name);
       if (!d) fail(what, ": dtype torch.", dt->name, " is not supported by ckbridge");
       e.dtype = *d;
+      if (props->state->items.size() >= 6) m.strides_field = true;
       if (props->state->items.size() >= 6 && !props->state->items[5]->is_none())
         e.strides = as_shape(props->state->items[5], what + " strides");
       e.size = as_shape(field(ts, "size", what), what + " size");

@@ -97,6 +97,7 @@ struct WriteOptions {
   bool fsync = true;
   std::filesystem::path progress_dir;  // resumable writing (see above); empty: a fresh directory is required
   std::uint64_t sync_bytes = std::uint64_t(256) << 20;  // progress granularity of resumable writing
+  bool strides_field = false;  // Metadata::strides_field: the 6-field TensorProperties state of recent torch
 };
 
 struct WriteReport {
@@ -325,6 +326,7 @@ inline WriteReport write_checkpoint(const std::filesystem::path& dir, const std:
   Metadata& md = rep.metadata;
   md.checkpoint_id = opt.checkpoint_id.empty() ? dir.string() : opt.checkpoint_id;
   md.save_id = opt.save_id.empty() ? uuid4() : opt.save_id;
+  md.strides_field = opt.strides_field;
   std::vector<Item> items;
   for (std::size_t i = 0; i < entries.size(); ++i) {
     const WriteEntry& w = entries[i];
