@@ -39,9 +39,14 @@ public:
     }
     world_ = std::make_unique<mpi::World>();
     if (!distributed) {
-      if (world_->size() > 1)
-        fail("started as ", world_->size(), " MPI processes without --distributed_convert: each would convert the "
-             "whole checkpoint into the same directory; add --distributed_convert to share the work among them");
+      // Refused at the first check(), not here: a throw from this constructor would end MPI before
+      // the error is printed, and the launcher may kill a rank that has not printed it yet.
+      if (world_->size() > 1) {
+        refusal_ = "started as " + std::to_string(world_->size()) +
+                   " MPI processes without --distributed_convert: each would convert the whole checkpoint into "
+                   "the same directory; add --distributed_convert to share the work among them";
+        return;
+      }
       std::fprintf(stderr, "note: started by an MPI launcher without --distributed_convert: converting in this one "
                            "process\n");
       world_.reset();
@@ -61,7 +66,7 @@ public:
   // Collective: every process got here without failing (else this throws the agreed failure).
   void check() {
 #if CKBRIDGE_MPI
-    if (world_) world_->check();
+    if (world_) world_->check(refusal_);
 #endif
   }
   // From the error handler: the message to report, the same on every process of a job.
@@ -136,6 +141,7 @@ public:
 private:
 #if CKBRIDGE_MPI
   std::unique_ptr<mpi::World> world_;
+  std::string refusal_;  // a job started without --distributed_convert: refused at the first check()
 #else
   struct NoWorld {  // never made: one process
     int rank() const { return 0; }

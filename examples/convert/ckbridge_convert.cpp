@@ -222,6 +222,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<examples::Job> job;  // this process, or one of an MPI job's
   try {
     job = std::make_unique<examples::Job>(f.distributed);
+    job->check();  // an MPI job started without --distributed_convert stops here, on every rank
     const bool lead = job->leader();
     convert::check_output_path(f.save_ckpt_path);
     for (const char* name : {"--no_load_optim", "--no_save_optim", "--pretrain_as_fp8",
