@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Verification benchmark on the DeepSeek-V3-shaped benchmark checkpoint (bench_convert.sh's,
-# ~5.5 GB HF FP8 source, ~5 GB MCore TP8 EP8 output): `ckbridge_verify --manifest` (SHA-256 of
-# every file) and `ckbridge_verify HF MCORE` (every tensor produced from both sides and compared)
+# ~5.5 GB HF FP8 source, ~5 GB MCore TP8 EP8 output): `ckbridge_verify --manifest` (XXH3-128 of
+# every file; with --sha256 its SHA-256) and `ckbridge_verify HF MCORE` (every tensor produced from both sides and compared)
 # against reading the same files with `cat > /dev/null`, measured in the same run, each contender
 # both with a warm page cache (every file read just before) and a cold one (the files evicted from
 # the page cache just before each contender with `dd iflag=nocache count=0`, no root needed).
@@ -24,7 +24,7 @@ if [[ ! -f $WORK/hf/config.json ]]; then
   echo "generating the benchmark checkpoint..."
   "$BIN/deepseek_v3_make_tiny" --config_file "$CFG" --convert_file "$CONV" --out "$WORK/hf" --dtype fp8 --max_shard_size 1GB
 fi
-if [[ ! -f $WORK/mcore/ckbridge-manifest.json ]]; then
+if [[ ! -f $WORK/mcore/ckbridge-manifest.json ]] || ! grep -q xxh3_128 "$WORK/mcore/ckbridge-manifest.json"; then
   rm -rf "$WORK/mcore"
   "$BIN/ckbridge_convert" --load_platform huggingface --save_platform mcore --config_file "$CFG" --convert_file "$CONV" \
     --load_ckpt_path "$WORK/hf" --save_ckpt_path "$WORK/mcore" --tensor_model_parallel_size 8 --expert_parallel_size 8 \
@@ -67,7 +67,8 @@ for run in $(seq 1 "$RUNS"); do
       ROWS+=("$(printf '%-4s %-5s %-46s %7.2f %7.2f %7.2f %8s' "$run" "$cache" "$1" "$2" "$(cat "$WORK/cpu.txt")" "$(rate "$3" "$2")" "$vs")")
     }
     prep; CAT_MC=$(seconds "${CAT[@]}" "$WORK/mcore"); row "cat > /dev/null (MCore output)" "$CAT_MC" "$MC_BYTES"
-    prep; MAN=$(seconds "$BIN/ckbridge_verify" --manifest "$WORK/mcore"); row "ckbridge_verify --manifest (SHA-256 per file)" "$MAN" "$MC_BYTES" "$CAT_MC"
+    prep; MAN=$(seconds "$BIN/ckbridge_verify" --manifest "$WORK/mcore"); row "ckbridge_verify --manifest (XXH3-128 per file)" "$MAN" "$MC_BYTES" "$CAT_MC"
+    prep; MANS=$(seconds "$BIN/ckbridge_verify" --manifest "$WORK/mcore" --sha256); row "ckbridge_verify --manifest --sha256" "$MANS" "$MC_BYTES" "$CAT_MC"
     prep; CAT_BOTH=$(seconds "${CAT[@]}" "$WORK/hf" "$WORK/mcore"); row "cat > /dev/null (HF + MCore)" "$CAT_BOTH" $((HF_BYTES + MC_BYTES))
     prep; VER=$(seconds "$BIN/ckbridge_verify" --config_file "$CFG" --convert_file "$CONV" -q "$WORK/hf" "$WORK/mcore")
     row "ckbridge_verify HF MCORE (every tensor)" "$VER" $((HF_BYTES + MC_BYTES)) "$CAT_BOTH"
@@ -82,4 +83,4 @@ printf '%s\n' "${ROWS[@]}"
 printf 'SHA-256 (openssl speed, 8 MiB blocks): %.2f GB/s per core, %.2f GB/s on %d cores: the ceiling of any SHA-256 check here\n' \
   "$SHA1" "$SHA_ALL" "$CORES"
 echo "goal: >= 0.8x of the read rate of the same cache state. A warm cat copies from the page cache at memory speed;"
-echo "SHA-256 cannot reach 0.8x of it when the SHA-256 ceiling above is below 0.8x of the warm cat rate."
+echo "--sha256 cannot reach 0.8x of it when the SHA-256 ceiling above is below 0.8x of the warm cat rate."

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(cmake g++ make libeigen3-dev libyaml-cpp-dev rapidjson-dev libboost-test-dev libcli11-dev zlib1g-dev libssl-dev
+      libxxhash-dev python3-xxhash  # the manifest's XXH3-128 (and the tests' independent xxhash)
       python3 python3-venv python3-numpy python3-yaml python3-torch bc
       clang libclang-rt-14-dev  # clang + libFuzzer: the fuzz targets scripts/test.sh runs
       libopenmpi-dev openmpi-bin)  # --distributed_convert (ckbridge::mpi) and its mpirun tests

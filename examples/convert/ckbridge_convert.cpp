@@ -543,7 +543,9 @@ int main(int argc, char** argv) {
           manifest::FileEntry t;
           t.rel = rel.generic_string();
           t.size = text.size();
-          t.sha256 = manifest::sha256_hex(std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+          const std::span<const std::byte> b(reinterpret_cast<const std::byte*>(text.data()), text.size());
+          t.sha256 = manifest::sha256_hex(b);
+          t.xxh3 = manifest::xxh3_hex(b);
           m.files.push_back(t);
         }
       AtomicFile::write_all(out / manifest::kFileName, m.to_json());

@@ -10,6 +10,8 @@ its config.json is the architecture's):
     GPTModel (local spec, tests/gpu/mcore_family_forward.py) loads ckbridge's legacy output and its
     `torch_dist` output (HF -> torch_dist directly); logits within 1e-5 of transformers (fp32, the
     unpadded vocabulary), 0 missing / 0 unexpected keys.
+MiMo and Kimi K2, which transformers cannot load by itself, are built as Qwen2 / DeepSeek V3 from
+their config.json, with no missing key (ADAPTED below).
 A family the converter or transformers does not know is NOT RUN (with the reason); NOT RUN fails
 the run unless --allow-not-run. Prints a table; exits non-zero on any FAIL.
 """
@@ -52,9 +54,38 @@ def convert(exe, f, src, dst, frm, to, extra=()):
     return r.returncode, (r.stderr + r.stdout)[-2000:]
 
 
-def hf_logits(path, ids, dev):
+# Families whose HF checkpoints transformers cannot load by itself: MiMo (its model code is remote:
+# Qwen2 plus model.mtp_layers, which the logits do not use) and Kimi K2 (DeepSeek V3's architecture
+# under model_type kimi_k2, unknown to transformers; LoongForge's YAMLs put its HF names under
+# `language_model.`). transformers loads them as the architecture they are (Qwen2ForCausalLM,
+# DeepseekV3ForCausalLM), configured from their config.json, Kimi's prefix taken off by key_mapping;
+# nothing may be missing, and the only unexpected tensors are MiMo's MTP layers.
+ADAPTED = {'mimo': ('Qwen2', None, 'model.mtp_layers.'), 'kimi_k2': ('DeepseekV3', r'^language_model\.', None)}
+
+
+def adapted_model(path, name):
+    import transformers
+    arch, prefix, aside = ADAPTED[name]
+    with open(os.path.join(path, 'config.json')) as fh:
+        cfg = {k: v for k, v in json.load(fh).items() if k not in ('model_type', 'architectures', 'auto_map')}
+    config = getattr(transformers, arch + 'Config')(**cfg)
+    model, info = getattr(transformers, arch + 'ForCausalLM').from_pretrained(
+        path, config=config, dtype=torch.float32, key_mapping={prefix: ''} if prefix else None,
+        output_loading_info=True)
+    unexpected = sorted(info['unexpected_keys'])
+    assert not info['missing_keys'], 'missing %s' % sorted(info['missing_keys'])[:4]
+    assert all(aside and k.startswith(aside) for k in unexpected), 'unexpected %s' % unexpected[:4]
+    assert not aside or unexpected, 'no %s tensors in %s' % (aside, path)
+    assert not info.get('mismatched_keys'), 'mismatched %s' % info['mismatched_keys'][:4]
+    return model
+
+
+def hf_logits(path, ids, dev, name=None):
     from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
+    if name in ADAPTED:
+        m = adapted_model(path, name).to(dev).eval()
+    else:
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
     with torch.no_grad():
         return m(ids.to(dev)).logits.float().cpu()
 
@@ -127,13 +158,14 @@ def main():
         ids_path = os.path.join(w, 'ids.pt')
         torch.save(ids, ids_path)
         try:
-            ref = hf_logits(src, ids, dev)
-        except Exception as e:  # an architecture transformers does not ship (MiMo: remote code; Kimi: language_model.)
+            ref = hf_logits(src, ids, dev, name)
+        except Exception as e:  # an architecture transformers does not ship and ADAPTED does not cover
             record('%s transformers load' % name, '%s: %s' % (type(e).__name__, str(e).splitlines()[0][:200]), '', None)
             continue
-        got = hf_logits(back, ids, dev)
-        same = got.shape == ref.shape and torch.equal(got, ref)
-        record('%s transformers logits, ckbridge HF output vs source' % name,
+        got = hf_logits(back, ids, dev, name)
+        same = got.shape == ref.shape and torch.equal(got, ref) and bool(torch.isfinite(ref).all())
+        how = ' (as %sForCausalLM)' % ADAPTED[name][0] if name in ADAPTED else ''
+        record('%s transformers logits%s, ckbridge HF output vs source' % (name, how),
                'bit-identical' if same else 'max |diff| %.3g' % (got - ref).abs().max().item(), 'exact', same)
         if name in mcore:
             mcore_run(args, f, mc, src, ids_path, os.path.join(w, 'mcore_logits.pt'), ref, 'legacy TP1')

@@ -28,8 +28,8 @@ if [ "${1:-}" = "--prepare" ]; then
   make -C "$BUILD" -j"$(nproc)" ckbridge_convert_cuda
   mkdir -p "$DIST/bin" "$DIST/lib" "$DIST/wheels"
   cp "$BUILD/examples/ckbridge_convert_cuda" "$DIST/bin/"
-  # shared libraries a bare CUDA image may lack (yaml-cpp); libc, libm, libz are assumed there
-  ldd "$DIST/bin/ckbridge_convert_cuda" | awk '/yaml-cpp/ {print $3}' | xargs -r -I{} cp -L {} "$DIST/lib/"
+  # shared libraries a bare CUDA image may lack (yaml-cpp, xxhash); libc, libm, libz are assumed there
+  ldd "$DIST/bin/ckbridge_convert_cuda" | awk '/yaml-cpp|xxhash/ {print $3}' | xargs -r -I{} cp -L {} "$DIST/lib/"
   "$PY" -m pip download --no-deps --only-binary=:all: --python-version "${CKB_TARGET_PY:-3.12}" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$DIST/wheels" "megatron-core==$MEGATRON_CORE_VERSION"

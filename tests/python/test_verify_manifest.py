@@ -10,10 +10,12 @@
   3. One byte flipped in one rank file: exit 1, and the tensor and rank file named are the ones
      torch.load (an independent reader) finds changed; `--manifest` names the file and tensor too.
   4. The manifest of an HF and an MCore output: every file's SHA-256 and size equal hashlib's over
-     the file; every safetensors tensor's hash equals hashlib over its byte range (header parsed
-     here); every rank-file tensor's hash equals hashlib over torch.load's tensor bytes.
+     the file and its XXH3-128 Python's xxhash's; every safetensors tensor's hash equals hashlib over
+     its byte range (header parsed here); every rank-file tensor's hash equals hashlib over
+     torch.load's tensor bytes. `--manifest` checks by XXH3-128, `--sha256` by SHA-256 (a manifest
+     with one digest edited fails only the check that reads it); a manifest without XXH3-128 by SHA-256.
   5. `--manifest` catches a truncated file, two swapped rank files, a missing file and an unlisted one,
-     and a manifest whose tensor list was edited over unchanged files (a file whose SHA-256 matches
+     and a manifest whose tensor list was edited over unchanged files (a file whose digest matches
      has its tensors' hashes checked by construction, its tensor list against its header).
 Exits non-zero on failure; the last line is "N passed, M failed".
 """
@@ -28,6 +30,7 @@ import sys
 
 import ml_dtypes
 import numpy as np
+import xxhash  # Debian's python3-xxhash: an independent XXH3-128
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, 'te_stub'))
@@ -271,6 +274,7 @@ def run_all(work):
                 with open(os.path.join(root, rel), 'rb') as f:
                     data = f.read()
                 assert e['size'] == len(data) and e['sha256'] == hashlib.sha256(data).hexdigest(), rel
+                assert e['xxh3_128'] == xxhash.xxh3_128_hexdigest(data), rel
                 if rel.endswith('.safetensors'):
                     base, h = st_header(os.path.join(root, rel))
                     want = {k: hashlib.sha256(data[base + v['data_offsets'][0]:base + v['data_offsets'][1]]).hexdigest()
@@ -287,9 +291,42 @@ def run_all(work):
                             want['model/' + k + ':data'] = hashlib.sha256(d['data'].contiguous().numpy().tobytes()).hexdigest()
                             want['model/' + k + ':scale_inv'] = hashlib.sha256(d['scale'].contiguous().numpy().tobytes()).hexdigest()
                     assert {t['name']: t['sha256'] for t in e['tensors']} == want, (rel, len(want), len(e['tensors']))
-        run([VERIFY, '--manifest', mc])
-        run([VERIFY, '--manifest', hf_out])
-    check('manifest: file and tensor SHA-256 equal hashlib over the files / torch.load tensors', manifest_hashes)
+        for root in (mc, hf_out):
+            n = len(json.load(open(os.path.join(root, 'ckbridge-manifest.json')))['files'])
+            p = run([VERIFY, '--manifest', root])
+            assert '%d files listed, %d verified by XXH3-128, 0 problems' % (n, n) in p.stdout, p.stdout
+            p = run([VERIFY, '--manifest', root, '--sha256'])
+            assert '%d files listed, %d verified by SHA-256, 0 problems' % (n, n) in p.stdout, p.stdout
+        # a manifest from before XXH3-128 was added (no xxh3_128 keys) is checked by SHA-256
+        old = os.path.join(work, 'm_no_xxh3')
+        shutil.copytree(mc, old)
+        mp = os.path.join(old, 'ckbridge-manifest.json')
+        m = json.load(open(mp))
+        for e in m['files']:
+            del e['xxh3_128']
+        json.dump(m, open(mp, 'w'))
+        p = run([VERIFY, '--manifest', old])
+        assert 'verified by SHA-256, 0 problems' in p.stdout, p.stdout
+    check('manifest: file SHA-256 / XXH3-128 and tensor SHA-256 equal hashlib / xxhash over the files / torch.load '
+          'tensors; --manifest checks by XXH3-128, --sha256 by SHA-256, an older manifest by SHA-256', manifest_hashes)
+
+    def manifest_digest_choice():
+        # each check reads its own digest: a manifest with one file's XXH3-128 edited (its SHA-256
+        # intact) fails the default check naming the file, and passes --sha256; the reverse likewise
+        for key, bad_by, good_by in (('xxh3_128', [], ['--sha256']), ('sha256', ['--sha256'], [])):
+            d = os.path.join(work, 'm_edit_' + key)
+            shutil.copytree(mc, d)
+            mp = os.path.join(d, 'ckbridge-manifest.json')
+            m = json.load(open(mp))
+            e = next(e for e in m['files'] if e['path'] == 'release/mp_rank_00_000_000/model_optim_rng.pt')
+            e[key] = ('0' if e[key][0] != '0' else '1') + e[key][1:]
+            json.dump(m, open(mp, 'w'))
+            p = run([VERIFY, '--manifest', d] + bad_by, rc=1)
+            name = 'XXH3-128' if key == 'xxh3_128' else 'SHA-256'
+            assert 'mp_rank_00_000_000' in p.stdout and name + ' differs' in p.stdout, (key, p.stdout)
+            run([VERIFY, '--manifest', d] + good_by)
+    check('manifest: the default check compares XXH3-128, --sha256 compares SHA-256 (each caught when edited)',
+          manifest_digest_choice)
 
     def manifest_damage():
         for what in ('truncated', 'swapped', 'missing', 'unlisted', 'tensor list'):
@@ -322,9 +359,10 @@ def run_all(work):
                 with open(mp, 'w') as f:
                     json.dump(m, f)
                 needles = ['mp_rank_00_000_000', old_name + '_renamed', old_name + ' (not in the manifest)']
-            p = run([VERIFY, '--manifest', d], rc=1)
-            for n in needles:
-                assert n in p.stdout, (what, n, p.stdout)
+            for by in ([], ['--sha256']):
+                p = run([VERIFY, '--manifest', d] + by, rc=1)
+                for n in needles:
+                    assert n in p.stdout, (what, by, n, p.stdout)
     check('manifest check catches a truncated, a swapped, a missing and an unlisted file, and a tensor list that is not the file\'s',
           manifest_damage)
 
