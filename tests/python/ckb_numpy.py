@@ -65,17 +65,26 @@ def is_pow2(s):
 
 
 def expand_scale(scale, m, n):
-    return np.repeat(np.repeat(scale, 128, axis=0), 128, axis=1)[:m, :n]
+    """Each block's scale over its 128x128 elements, cut to m x n (`scale` covers whole blocks)."""
+    rb, cb = scale.shape
+    return np.broadcast_to(scale[:, None, :, None], (rb, 128, cb, 128)).reshape(rb * 128, cb * 128)[:m, :n]
 
 
 E4M3_F32 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)  # code -> value
 
 
 def dequant(data_u8, scale):
-    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding; the code's value from ml_dtypes)."""
+    """fp32 = f32(e4m3) * scale_inv[i//128, j//128] (one fp32 rounding; the code's value from ml_dtypes).
+    Each 128x128 block times its scale by broadcasting (the values padded to whole blocks)."""
     m, n = data_u8.shape
-    s = scale[:(m + 127) // 128, :(n + 127) // 128]
-    return E4M3_F32[data_u8] * expand_scale(s, m, n)
+    rb, cb = (m + 127) // 128, (n + 127) // 128
+    s = np.asarray(scale[:rb, :cb], np.float32)
+    v = E4M3_F32[data_u8]
+    if m % 128 or n % 128:
+        p = np.zeros((rb * 128, cb * 128), np.float32)
+        p[:m, :n] = v
+        v = p
+    return (v.reshape(rb, 128, cb, 128) * s[:, None, :, None]).reshape(rb * 128, cb * 128)[:m, :n]
 
 
 def quant_te(x, pow2=True):
