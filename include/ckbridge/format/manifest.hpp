@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -144,6 +145,8 @@ struct FileDigests {
 // The digests of a whole file, read front to back with read(2) into one buffer that each hash
 // then takes while it is in the CPU's cache (a warm page cache is copied at memory speed, as
 // `cat` does; a cold one is read ahead by the kernel, told the access is sequential).
+inline constexpr std::size_t kPiece = 1u << 20;
+
 inline FileDigests file_digests(const std::filesystem::path& path, Digests which) {
   const bool sha = (static_cast<int>(which) & 1) != 0, xxh = (static_cast<int>(which) & 2) != 0;
   std::optional<Sha256> s;
@@ -157,7 +160,7 @@ inline FileDigests file_digests(const std::filesystem::path& path, Digests which
     ~Closer() { ::close(fd); }
   } closer{fd};
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  constexpr std::size_t kBuf = 1u << 20;
+  constexpr std::size_t kBuf = kPiece;
   const std::unique_ptr<std::byte[]> buf(new std::byte[kBuf]);
   for (;;) {
     const ssize_t n = ::read(fd, buf.get(), kBuf);
@@ -172,20 +175,55 @@ inline FileDigests file_digests(const std::filesystem::path& path, Digests which
   return {s ? s->hex() : std::string(), x ? x->hex() : std::string()};
 }
 
+// The same digests read through a memory map, for a file just written (its pages in the page
+// cache: no copy, unlike read(2)); the mapping is released at the end.
+inline FileDigests file_digests_mapped(const std::filesystem::path& path, Digests which) {
+  const MappedFile m(path);
+  const bool sha = (static_cast<int>(which) & 1) != 0, xxh = (static_cast<int>(which) & 2) != 0;
+  std::optional<Sha256> s;
+  std::optional<Xxh3> x;
+  if (sha) s.emplace();
+  if (xxh) x.emplace();
+  for (std::size_t p = 0; p < m.size(); p += kPiece) {  // both hashes over one cache-sized piece at a time
+    const std::size_t k = std::min(kPiece, m.size() - p);
+    if (s) s->update(m.data() + p, k);
+    if (x) x->update(m.data() + p, k);
+  }
+  m.release(0, m.size());
+  return {s ? s->hex() : std::string(), x ? x->hex() : std::string()};
+}
+
 inline std::string sha256_file(const std::filesystem::path& path) { return file_digests(path, Digests::sha256).sha256; }
 
 namespace detail {
 
-// The tensors a file holds, as the manifest names them, with their sizes; with `hash` also each
-// one's SHA-256. Files that are neither safetensors nor torch.save (by extension) have none; a
-// torch.save file that does not parse as a Megatron rank file throws.
-inline std::vector<TensorHash> file_tensors(const std::filesystem::path& path, bool hash) {
-  std::vector<TensorHash> out;
+// A tensor of a file as the manifest names it: its bytes where the file's mapping holds them in
+// C order (`span`), else a view of them to hash through a copy.
+struct TensorSource {
+  std::string name;
+  std::uint64_t bytes = 0;
+  std::span<const std::byte> span;
+  std::optional<AnyConstView> view;
+};
+
+// Opens `path` and calls fn(map, tensors): the file's mapping (null when it is not mapped) and the
+// tensors it holds, as the manifest names them, while the file is open. Files that are neither
+// safetensors nor torch.save (by extension) have none and no mapping; a torch.save file that does
+// not parse as a Megatron rank file throws.
+template <class Fn>
+void with_file_tensors(const std::filesystem::path& path, Fn&& fn) {
+  std::vector<TensorSource> ts;
+  auto add = [&](std::string name, const AnyConstView& v) {
+    TensorSource t{std::move(name), v.size_bytes(), {}, std::nullopt};
+    if (v.is_contiguous()) t.span = std::span<const std::byte>(v.data, v.size_bytes());
+    else t.view = v;
+    ts.push_back(std::move(t));
+  };
   const std::string ext = path.extension().string();
   if (ext == ".safetensors") {
     const safetensors::File f(path);
-    for (const auto& t : f.tensors()) out.push_back({t.name, hash ? sha256_hex(f.bytes(t)) : std::string(), t.size_bytes()});
-    if (hash) f.mapped().release(0, f.mapped().size());
+    for (const auto& t : f.tensors()) ts.push_back({t.name, t.size_bytes(), f.bytes(t), std::nullopt});
+    fn(&f.mapped(), ts);
   } else if (ext == ".pt") {
     const format::MegatronRankFile f = format::load_megatron_rank_file(path);
     for (const auto& md : f.models)
@@ -193,18 +231,82 @@ inline std::vector<TensorHash> file_tensors(const std::filesystem::path& path, b
         using K = format::ModelEntry::Kind;
         const std::string name = md.key + "/" + en.name;
         if (en.kind == K::Tensor && en.tensor) {
-          const AnyConstView v = f.view(*en.tensor, name, false);  // a damaged record shows as a differing hash
-          out.push_back({name, hash ? sha256_hex(v) : std::string(), v.size_bytes()});
+          add(name, f.view(*en.tensor, name, false));  // a damaged record shows as a differing hash
         } else if (en.kind == K::TeFp8Blockwise && en.fp8) {
           const auto tv = f.file->te_fp8_views(*en.fp8, name, false);
-          out.push_back({name + ":data", hash ? sha256_hex(tv.data) : std::string(), tv.data.size_bytes()});
-          out.push_back({name + ":scale_inv", hash ? sha256_hex(tv.scale_inv) : std::string(), tv.scale_inv.size_bytes()});
+          add(name + ":data", tv.data);
+          add(name + ":scale_inv", tv.scale_inv);
         }
       }
-    if (hash)
-      if (const MappedFile* m = f.file->zip().mapped_file()) m->release(0, m->size());
+    fn(f.file->zip().mapped_file(), ts);
+  } else {
+    fn(static_cast<const MappedFile*>(nullptr), ts);
   }
+}
+
+inline std::string sha256_of(const TensorSource& t) { return t.view ? sha256_hex(*t.view) : sha256_hex(t.span); }
+
+// The tensors a file holds, as the manifest names them, with their sizes; with `hash` also each
+// one's SHA-256.
+inline std::vector<TensorHash> file_tensors(const std::filesystem::path& path, bool hash) {
+  std::vector<TensorHash> out;
+  with_file_tensors(path, [&](const MappedFile* m, const std::vector<TensorSource>& ts) {
+    for (const auto& t : ts) out.push_back({t.name, hash ? sha256_of(t) : std::string(), t.bytes});
+    if (hash && m) m->release(0, m->size());
+  });
   return out;
+}
+
+// One pass over a mapped file, front to back in cache-sized pieces: each piece goes to the file's
+// SHA-256 and XXH3-128 and to the SHA-256 of every tensor whose bytes it holds (a tensor's bytes in
+// the mapping are contiguous and in C order). Tensors outside the mapping or stored as strided
+// views are hashed on their own. Returns the file's digests; fills each tensor's hash.
+inline FileDigests hash_mapped(const MappedFile& m, const std::vector<TensorSource>& ts, std::vector<TensorHash>& out) {
+  const std::byte* base = m.data();
+  const std::size_t size = m.size();
+  out.clear();
+  for (const auto& t : ts) out.push_back({t.name, std::string(), t.bytes});
+  std::vector<std::size_t> swept;  // tensors inside the mapping, by start
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    const auto& sp = ts[i].span;
+    if (!ts[i].view && sp.data() >= base && sp.data() + sp.size() <= base + size) swept.push_back(i);
+  }
+  std::stable_sort(swept.begin(), swept.end(), [&](std::size_t a, std::size_t b) { return ts[a].span.data() < ts[b].span.data(); });
+  Sha256 fs;
+  Xxh3 fx;
+  std::vector<std::unique_ptr<Sha256>> th(ts.size());
+  std::vector<std::size_t> active;
+  std::size_t next = 0;
+  // No read-ahead advice and no release per piece: the file was just written (its pages are in the
+  // page cache), and each madvise(MADV_DONTNEED) would flush the TLBs of every thread of the
+  // process; the whole mapping is released once at the end.
+  for (std::size_t a = 0; a < size; a += kPiece) {
+    const std::size_t b = std::min(a + kPiece, size);
+    fs.update(base + a, b - a);
+    fx.update(base + a, b - a);
+    for (; next < swept.size() && static_cast<std::size_t>(ts[swept[next]].span.data() - base) < b; ++next) {
+      th[swept[next]] = std::make_unique<Sha256>();
+      active.push_back(swept[next]);
+    }
+    for (std::size_t k = 0; k < active.size();) {
+      const std::size_t i = active[k];
+      const std::size_t s0 = static_cast<std::size_t>(ts[i].span.data() - base), s1 = s0 + ts[i].span.size();
+      const std::size_t lo = std::max(a, s0), hi = std::min(b, s1);
+      if (hi > lo) th[i]->update(base + lo, hi - lo);
+      if (s1 <= b) {
+        out[i].sha256 = th[i]->hex();
+        th[i].reset();
+        active[k] = active.back();
+        active.pop_back();
+      } else {
+        ++k;
+      }
+    }
+  }
+  m.release(0, size);
+  for (std::size_t i = 0; i < ts.size(); ++i)  // not swept (or empty at the very end of the file)
+    if (out[i].sha256.empty()) out[i].sha256 = sha256_of(ts[i]);
+  return {fs.hex(), fx.hex()};
 }
 
 // Runs job(i) for i in `order` on `threads` workers (the calling thread is one); the first
@@ -254,10 +356,26 @@ inline FileEntry hash_file(const std::filesystem::path& root, const std::filesys
   std::error_code ec;
   e.size = std::filesystem::file_size(path, ec);
   if (ec) fail(path.string(), ": cannot stat: ", ec.message());
-  FileDigests d = file_digests(path, Digests::both);
-  e.sha256 = std::move(d.sha256);
-  e.xxh3 = std::move(d.xxh3);
-  if (e.size > 0) e.tensors = detail::file_tensors(path, true);
+  if (e.size == 0) {
+    FileDigests d = file_digests(path, Digests::both);
+    e.sha256 = std::move(d.sha256);
+    e.xxh3 = std::move(d.xxh3);
+    return e;
+  }
+  // One pass over the file's pages for the file's digests and its tensors' (the file was just
+  // written: its pages are in the page cache)
+  detail::with_file_tensors(path, [&](const MappedFile* m, const std::vector<detail::TensorSource>& ts) {
+    FileDigests d;
+    if (m && m->size() == e.size) {
+      d = detail::hash_mapped(*m, ts, e.tensors);
+    } else {
+      d = file_digests_mapped(path, Digests::both);
+      e.tensors.clear();
+      for (const auto& t : ts) e.tensors.push_back({t.name, detail::sha256_of(t), t.bytes});
+    }
+    e.sha256 = std::move(d.sha256);
+    e.xxh3 = std::move(d.xxh3);
+  });
   return e;
 }
 
