@@ -119,12 +119,12 @@ public:
   // 0 (one entry without MPI); `before_tracker` gets them there.
   std::vector<RankRun> run(const convert::Plan& plan, const std::filesystem::path& out, int workers,
                            const convert::FileWriterFn& writer, bool quiet, convert::RunState* state,
-                           const convert::FileDoneFn& file_done, const std::function<std::string()>& report,
+                           const convert::ExecHooks& hooks, const std::function<std::string()>& report,
                            const std::function<void(const std::vector<std::string>&)>& before_tracker) {
 #if CKBRIDGE_MPI
     if (world_) {
       std::vector<RankRun> out_runs;
-      const auto all = mpi::execute(*world_, plan, out, workers, writer, quiet || !leader(), state, file_done, report,
+      const auto all = mpi::execute(*world_, plan, out, workers, writer, quiet || !leader(), state, hooks, report,
                                     [&](const std::vector<mpi::RankResult>& rs) {
                                       std::vector<std::string> reports;
                                       for (const auto& r : rs) reports.push_back(r.report);
@@ -135,7 +135,7 @@ public:
     }
 #endif
     (void)report;
-    return {{convert::execute(plan, out, workers, writer, quiet, state, [&] { before_tracker({}); }, file_done), {}}};
+    return {{convert::execute(plan, out, workers, writer, quiet, state, [&] { before_tracker({}); }, hooks), {}}};
   }
 
 private:

@@ -38,6 +38,7 @@
 #include "ckbridge/model/deepseek_v3.hpp"
 #include "../common/distributed.hpp"
 #include "../common/models.hpp"
+#include "../common/test_seams.hpp"
 
 using namespace ckbridge;
 namespace fs = std::filesystem;
@@ -415,15 +416,10 @@ int main(int argc, char** argv) {
       if (mc.homogeneous_layers) to.stacked_layers = mc.num_layers;
       to.files = static_cast<unsigned>(std::max(2, f.max_workers));
       to.strides_field = f.torch_dist_strides;
-      // Test seam for the kill-and-resume tests (as the legacy writer's): die (SIGKILL, no cleanup)
-      // once this many chunk bytes were produced; progress is recorded every
-      // CKBRIDGE_TEST_SYNC_BYTES bytes of a data file (default 256 MiB).
-      if (const char* k = std::getenv("CKBRIDGE_TEST_KILL_AFTER_BYTES")) {
-        const std::uint64_t limit = std::strtoull(k, nullptr, 10);
-        to.on_chunk = [&td_bytes, limit](std::uint64_t n) {
-          if (td_bytes.fetch_add(n) + n >= limit) ::kill(::getpid(), SIGKILL);
-        };
-      }
+      // The test seams (as the legacy writer's) count the chunk bytes produced; progress is
+      // recorded every CKBRIDGE_TEST_SYNC_BYTES bytes of a data file (default 256 MiB).
+      if (auto seam = examples::test_seams_from_env())
+        to.on_chunk = [&td_bytes, seam](std::uint64_t n) { seam(td_bytes.fetch_add(n) + n); };
       if (const char* k = std::getenv("CKBRIDGE_TEST_SYNC_BYTES")) to.sync_bytes = std::strtoull(k, nullptr, 10);
       td_entries = convert::torch_dist_entries(plan, to);
     }
@@ -571,9 +567,11 @@ int main(int argc, char** argv) {
     // of the others'); one process hashes them all at the end instead: hashing a file right after
     // writing it, while other threads write, cost 0.65 s more system time on the 5 GB benchmark
     // (bench/ab_convert.sh, 6 rounds: median sys 5.11 s against 4.48 s at the end).
-    const convert::FileDoneFn done_hook = job->distributed() ? convert::FileDoneFn(file_done) : convert::FileDoneFn();
+    convert::ExecHooks hooks;
+    if (job->distributed()) hooks.file_done = file_done;
+    hooks.on_bytes = examples::test_seams_from_env();
     const auto runs = job->run(plan, out, o.max_workers, convert::mcore_file_writer(plan.mcore_args, mo), f.quiet,
-                               state.get(), done_hook, report, write_manifest);
+                               state.get(), hooks, report, write_manifest);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const std::uint64_t nonfinite_all = job->sum(nonfinite.load());
     if (!lead) return 0;

@@ -4,7 +4,6 @@
 // before they are written, so resident memory stays at the producers' scratch (plus the page
 // cache of the memory-mapped sources). Small files (index, tracker) are written last, so a
 // checkpoint never looks complete before all its parts are.
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,8 +41,10 @@ struct Progress {
   double seconds() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
+  std::function<void(std::uint64_t)> on_bytes;  // the caller's hook (ExecHooks::on_bytes)
   void add(std::uint64_t n) {
-    done += n;
+    const std::uint64_t now_done = done += n;
+    if (on_bytes) on_bytes(now_done);
     if (release && (since_release += n) >= release_every) {
       since_release = 0;
       release();
@@ -137,44 +138,29 @@ struct ExecResult {
 // finished by an earlier attempt), from the worker thread that wrote it.
 using FileDoneFn = std::function<void(const OutFile&)>;
 
+// What a caller may observe of a run, from the worker threads (both optional): the application
+// decides what to do with it (hash files for a manifest; the converter's test seams stop or kill
+// the process at a byte count).
+struct ExecHooks {
+  FileDoneFn file_done;
+  std::function<void(std::uint64_t bytes_done)> on_bytes;  // after each piece written, this process's total
+};
+
 // Writes the output files `only` lists (indices into plan.files; null: all of them), with no
 // small files: the part of a run one process of a multi-process run does. `state` (optional)
 // makes it resumable: finished files are skipped and recorded.
 inline ExecResult execute_files(const Plan& plan, const std::vector<std::size_t>* only,
                                 const std::filesystem::path& out_root, int workers, const FileWriterFn& torch_writer,
-                                bool quiet = false, RunState* state = nullptr, const FileDoneFn& file_done = {}) {
+                                bool quiet = false, RunState* state = nullptr, const ExecHooks& hooks = {}) {
   std::vector<std::size_t> order;
   if (only) order = *only;
   else
     for (std::size_t i = 0; i < plan.files.size(); ++i) order.push_back(i);
   Progress prog;
   for (const std::size_t i : order) prog.total += plan.files.at(i).bytes();
-  // Test seam for the kill-and-resume tests: die (SIGKILL, no cleanup) after this many bytes.
-  if (const char* k = std::getenv("CKBRIDGE_TEST_KILL_AFTER_BYTES")) {
-    const std::uint64_t limit = std::strtoull(k, nullptr, 10);
-    auto inner = plan.release_sources;
-    prog.release_every = 1;
-    prog.release = [&prog, limit, inner] {
-      if (prog.done.load() >= limit) ::kill(::getpid(), SIGKILL);
-      static std::atomic<std::uint64_t> n{0};
-      if (inner && ((n += 1) % 4096) == 0) inner();
-    };
-  }
-  // Test seam for the concurrent-run tests: stop (SIGSTOP, holding the output's lock) once after
-  // this many bytes; the test continues the process with SIGCONT.
-  if (const char* k = std::getenv("CKBRIDGE_TEST_STOP_AFTER_BYTES"); k && !prog.release) {
-    const std::uint64_t limit = std::strtoull(k, nullptr, 10);
-    auto inner = plan.release_sources;
-    prog.release_every = 1;
-    prog.release = [&prog, limit, inner] {
-      static std::atomic<bool> stopped{false};
-      if (prog.done.load() >= limit && !stopped.exchange(true)) ::raise(SIGSTOP);
-      static std::atomic<std::uint64_t> n{0};
-      if (inner && ((n += 1) % 4096) == 0) inner();
-    };
-  }
   prog.quiet = quiet;
-  if (!prog.release) prog.release = plan.release_sources;
+  prog.release = plan.release_sources;
+  prog.on_bytes = hooks.on_bytes;
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return plan.files[a].bytes() > plan.files[b].bytes(); });
   for (const std::size_t i : order) std::filesystem::create_directories((out_root / plan.files[i].rel).parent_path());
@@ -200,7 +186,7 @@ inline ExecResult execute_files(const Plan& plan, const std::vector<std::size_t>
           else torch_writer(f, path, prog);
           if (state) state->mark_done(f.rel);
         }
-        if (file_done) file_done(f);
+        if (hooks.file_done) hooks.file_done(f);
       } catch (const std::bad_alloc&) {
         std::lock_guard lk(err_mu);
         if (!err)
@@ -245,9 +231,9 @@ inline void finish_run(const Plan& plan, const std::filesystem::path& out_root, 
 // A whole run in one process: every output file, then finish_run.
 inline ExecResult execute(const Plan& plan, const std::filesystem::path& out_root, int workers,
                           const FileWriterFn& torch_writer, bool quiet = false, RunState* state = nullptr,
-                          const std::function<void()>& before_tracker = {}, const FileDoneFn& file_done = {}) {
+                          const std::function<void()>& before_tracker = {}, const ExecHooks& hooks = {}) {
   const auto t0 = std::chrono::steady_clock::now();
-  ExecResult r = execute_files(plan, nullptr, out_root, workers, torch_writer, quiet, state, file_done);
+  ExecResult r = execute_files(plan, nullptr, out_root, workers, torch_writer, quiet, state, hooks);
   finish_run(plan, out_root, state, before_tracker);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

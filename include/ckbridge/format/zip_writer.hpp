@@ -33,6 +33,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "ckbridge/core/crc32.hpp"
 #include "ckbridge/core/error.hpp"
 
 namespace ckbridge::format {
@@ -138,18 +139,19 @@ private:
   std::vector<char> buf_;
 };
 
-// CRC-32 of a buffer on up to `threads` threads (slices combined with crc32_combine).
+// CRC-32 of a buffer on up to `threads` threads (ckbridge::crc32_update, the reader's: carry-less
+// multiply where the CPU has it; slices combined with zlib's crc32_combine).
 inline std::uint32_t parallel_crc32(const void* data, std::size_t n, unsigned threads) {
-  const auto* p = static_cast<const Bytef*>(data);
+  const auto* p = static_cast<const std::byte*>(data);
   constexpr std::size_t kMinSlice = std::size_t(8) << 20;
   threads = static_cast<unsigned>(std::max<std::size_t>(1, std::min<std::size_t>(threads, n / kMinSlice)));
-  if (threads <= 1) return static_cast<std::uint32_t>(::crc32_z(0L, p, n));
+  if (threads <= 1) return crc32_update(0, p, n);
   std::vector<uLong> part(threads);
   std::vector<std::thread> pool;
   const std::size_t slice = n / threads;
   for (unsigned t = 0; t < threads; ++t) {
     const std::size_t b = t * slice, e = t + 1 == threads ? n : b + slice;
-    pool.emplace_back([&part, p, b, e, t] { part[t] = ::crc32_z(0L, p + b, e - b); });
+    pool.emplace_back([&part, p, b, e, t] { part[t] = crc32_update(0, p + b, e - b); });
   }
   for (auto& th : pool) th.join();
   uLong c = part[0];
@@ -237,7 +239,7 @@ public:
     layout_ = zip_record_layout(pos_, name.size(), size, opt_.alignment);
     written_ = 0;
     deferred_ = 0;
-    crc_ = ::crc32_z(0L, Z_NULL, 0);
+    crc_ = 0;
 
     zip_detail::Buf h;
     h.u32(zip_detail::kLocalSig);
@@ -266,7 +268,7 @@ public:
 
   void write(const void* data, std::size_t n) {
     check_room(n);
-    if (opt_.crc && n) crc_ = ::crc32_z(crc_, static_cast<const Bytef*>(data), n);
+    if (opt_.crc && n) crc_ = static_cast<uLong>(crc32_update(static_cast<std::uint32_t>(crc_), static_cast<const std::byte*>(data), n));
     emit(data, n);
     written_ += n;
   }
@@ -292,13 +294,15 @@ public:
     check_room(n);
     if (opt_.crc && n) {
       static const std::vector<Bytef> zeros(std::size_t(1) << 20, 0);
-      static const uLong zcrc = ::crc32_z(0L, zeros.data(), zeros.size());
+      static const uLong zcrc = crc32_update(0, reinterpret_cast<const std::byte*>(zeros.data()), zeros.size());
       std::uint64_t left = n;
       while (left >= zeros.size()) {
         crc_ = ::crc32_combine(crc_, zcrc, static_cast<z_off_t>(zeros.size()));
         left -= zeros.size();
       }
-      if (left) crc_ = ::crc32_z(crc_, zeros.data(), static_cast<std::size_t>(left));
+      if (left)
+        crc_ = crc32_update(static_cast<std::uint32_t>(crc_), reinterpret_cast<const std::byte*>(zeros.data()),
+                            static_cast<std::size_t>(left));
     }
     sink_.write_zeros(n);
     pos_ += n;

@@ -47,20 +47,20 @@ struct RankResult {
 };
 
 // Collective: the whole run. This process writes its share of `plan.files` (skipping files
-// `state` lists as finished by any process of any earlier attempt), calling `file_done` for each;
+// `state` lists as finished by any process of any earlier attempt), calling `hooks` for each;
 // then every process's result and `report()` go to rank 0, which runs convert::finish_run with
 // `before_tracker(results)`. Returns every process's result in rank order on rank 0, this
 // process's alone elsewhere. Throws JobFailed on every process when any failed.
 inline std::vector<RankResult> execute(World& w, const convert::Plan& plan, const std::filesystem::path& out, int workers,
                                        const convert::FileWriterFn& torch_writer, bool quiet, convert::RunState* state,
-                                       const convert::FileDoneFn& file_done = {},
+                                       const convert::ExecHooks& hooks = {},
                                        const std::function<std::string()>& report = {},
                                        const std::function<void(const std::vector<RankResult>&)>& before_tracker = {}) {
   const auto shares = convert::split_files(plan, w.size());
   RankResult mine;
   w.step([&] {
     mine.result = convert::execute_files(plan, &shares[static_cast<std::size_t>(w.rank())].files, out, workers,
-                                         torch_writer, quiet, state, file_done);
+                                         torch_writer, quiet, state, hooks);
     if (report) mine.report = report();
     if (state && w.rank() != 0) state->close_done();
   });
