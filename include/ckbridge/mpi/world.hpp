@@ -10,12 +10,14 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ckbridge/core/error.hpp"
@@ -69,6 +71,7 @@ public:
   // Collective. `error` is this process's failure (empty: none). Returns the lowest failing
   // rank's failure, the same on every process, or nothing when all succeeded.
   std::optional<JobFailed> agree(const std::string& error = {}) {
+    quiet_barrier();
     int mine = error.empty() ? INT_MAX : rank_, first = INT_MAX;
     MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (first == INT_MAX) return std::nullopt;
@@ -142,6 +145,21 @@ public:
     std::uint64_t r = 0;
     MPI_Allreduce(&v, &r, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
     return r;
+  }
+
+  // Collective: waits for every process without spinning. A blocking MPI collective busy-polls;
+  // a process that finished its share early would burn a core that the processes still writing
+  // on the same node need. This one polls a non-blocking barrier, sleeping 1 ms between polls
+  // after the first hundred.
+  void quiet_barrier() {
+    MPI_Request req;
+    MPI_Ibarrier(MPI_COMM_WORLD, &req);
+    for (int polls = 0;; ++polls) {
+      int done = 0;
+      MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      if (done) return;
+      if (polls >= 100) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
 
 private:
