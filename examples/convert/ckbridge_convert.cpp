@@ -536,13 +536,8 @@ int main(int argc, char** argv) {
       m.files = manifest::hash_files(out, manifest::checkpoint_files(out), o.max_workers, &hashed);
       for (const auto& [rel, text] : plan.small_files)
         if (rel.filename() == "latest_checkpointed_iteration.txt") {
-          manifest::FileEntry t;
-          t.rel = rel.generic_string();
-          t.size = text.size();
-          const std::span<const std::byte> b(reinterpret_cast<const std::byte*>(text.data()), text.size());
-          t.sha256 = manifest::sha256_hex(b);
-          t.xxh3 = manifest::xxh3_hex(b);
-          m.files.push_back(t);
+          m.files.push_back(manifest::bytes_entry(
+              rel.generic_string(), std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size())));
         }
       AtomicFile::write_all(out / manifest::kFileName, m.to_json());
     };

@@ -108,13 +108,6 @@ inline std::string sha256_hex(std::span<const std::byte> b) {
   return h.hex();
 }
 
-// XXH3-128 of a byte range.
-inline std::string xxh3_hex(std::span<const std::byte> b) {
-  Xxh3 h;
-  h.update(b.data(), b.size());
-  return h.hex();
-}
-
 // SHA-256 of a view's elements in C order.
 inline std::string sha256_hex(const AnyConstView& v) {
   if (v.is_contiguous()) return sha256_hex(std::span<const std::byte>(v.data, v.size_bytes()));
@@ -135,24 +128,39 @@ struct FileEntry {
   std::vector<TensorHash> tensors;
 };
 
-// The digests of a whole file that file_digests() takes.
+// Which digests of a whole file to take.
 enum class Digests { sha256 = 1, xxh3 = 2, both = 3 };
 
 struct FileDigests {
   std::string sha256, xxh3;  // empty where not asked for
 };
 
-// The digests of a whole file, read front to back with read(2) into one buffer that each hash
-// then takes while it is in the CPU's cache (a warm page cache is copied at memory speed, as
-// `cat` does; a cold one is read ahead by the kernel, told the access is sequential).
+// Feeds the same bytes to the digests asked for.
+class FileHasher {
+public:
+  explicit FileHasher(Digests which) {
+    if (static_cast<int>(which) & 1) s_.emplace();
+    if (static_cast<int>(which) & 2) x_.emplace();
+  }
+  void update(const void* p, std::size_t n) {
+    if (s_) s_->update(p, n);
+    if (x_) x_->update(p, n);
+  }
+  FileDigests result() { return {s_ ? s_->hex() : std::string(), x_ ? x_->hex() : std::string()}; }
+
+private:
+  std::optional<Sha256> s_;
+  std::optional<Xxh3> x_;
+};
+
+// Bytes hashed at a time: each piece goes to every digest while it is in the CPU's cache.
 inline constexpr std::size_t kPiece = 1u << 20;
 
+// The digests of a whole file, read front to back with read(2) into one piece-sized buffer (a
+// warm page cache is copied at memory speed, as `cat` does; a cold one is read ahead by the
+// kernel, told the access is sequential).
 inline FileDigests file_digests(const std::filesystem::path& path, Digests which) {
-  const bool sha = (static_cast<int>(which) & 1) != 0, xxh = (static_cast<int>(which) & 2) != 0;
-  std::optional<Sha256> s;
-  std::optional<Xxh3> x;
-  if (sha) s.emplace();
-  if (xxh) x.emplace();
+  FileHasher h(which);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path.string(), ": cannot open: ", std::strerror(errno));
   struct Closer {
@@ -160,40 +168,26 @@ inline FileDigests file_digests(const std::filesystem::path& path, Digests which
     ~Closer() { ::close(fd); }
   } closer{fd};
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  constexpr std::size_t kBuf = kPiece;
-  const std::unique_ptr<std::byte[]> buf(new std::byte[kBuf]);
+  const std::unique_ptr<std::byte[]> buf(new std::byte[kPiece]);
   for (;;) {
-    const ssize_t n = ::read(fd, buf.get(), kBuf);
+    const ssize_t n = ::read(fd, buf.get(), kPiece);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(path.string(), ": read failed: ", std::strerror(errno));
     }
     if (n == 0) break;
-    if (s) s->update(buf.get(), static_cast<std::size_t>(n));
-    if (x) x->update(buf.get(), static_cast<std::size_t>(n));
+    h.update(buf.get(), static_cast<std::size_t>(n));
   }
-  return {s ? s->hex() : std::string(), x ? x->hex() : std::string()};
+  return h.result();
 }
 
-// The same digests read through a memory map, for a file just written (its pages in the page
-// cache: no copy, unlike read(2)); the mapping is released at the end.
-inline FileDigests file_digests_mapped(const std::filesystem::path& path, Digests which) {
-  const MappedFile m(path);
-  const bool sha = (static_cast<int>(which) & 1) != 0, xxh = (static_cast<int>(which) & 2) != 0;
-  std::optional<Sha256> s;
-  std::optional<Xxh3> x;
-  if (sha) s.emplace();
-  if (xxh) x.emplace();
-  for (std::size_t p = 0; p < m.size(); p += kPiece) {  // both hashes over one cache-sized piece at a time
-    const std::size_t k = std::min(kPiece, m.size() - p);
-    if (s) s->update(m.data() + p, k);
-    if (x) x->update(m.data() + p, k);
-  }
-  m.release(0, m.size());
-  return {s ? s->hex() : std::string(), x ? x->hex() : std::string()};
+// The manifest entry of a file with no tensors whose bytes the caller holds (e.g. the tracker).
+inline FileEntry bytes_entry(std::string rel, std::span<const std::byte> b) {
+  FileHasher h(Digests::both);
+  h.update(b.data(), b.size());
+  FileDigests d = h.result();
+  return {std::move(rel), b.size(), std::move(d.sha256), std::move(d.xxh3), {}};
 }
-
-inline std::string sha256_file(const std::filesystem::path& path) { return file_digests(path, Digests::sha256).sha256; }
 
 namespace detail {
 
@@ -272,8 +266,7 @@ inline FileDigests hash_mapped(const MappedFile& m, const std::vector<TensorSour
     if (!ts[i].view && sp.data() >= base && sp.data() + sp.size() <= base + size) swept.push_back(i);
   }
   std::stable_sort(swept.begin(), swept.end(), [&](std::size_t a, std::size_t b) { return ts[a].span.data() < ts[b].span.data(); });
-  Sha256 fs;
-  Xxh3 fx;
+  FileHasher fh(Digests::both);
   std::vector<std::unique_ptr<Sha256>> th(ts.size());
   std::vector<std::size_t> active;
   std::size_t next = 0;
@@ -282,8 +275,7 @@ inline FileDigests hash_mapped(const MappedFile& m, const std::vector<TensorSour
   // process; the whole mapping is released once at the end.
   for (std::size_t a = 0; a < size; a += kPiece) {
     const std::size_t b = std::min(a + kPiece, size);
-    fs.update(base + a, b - a);
-    fx.update(base + a, b - a);
+    fh.update(base + a, b - a);
     for (; next < swept.size() && static_cast<std::size_t>(ts[swept[next]].span.data() - base) < b; ++next) {
       th[swept[next]] = std::make_unique<Sha256>();
       active.push_back(swept[next]);
@@ -306,7 +298,7 @@ inline FileDigests hash_mapped(const MappedFile& m, const std::vector<TensorSour
   m.release(0, size);
   for (std::size_t i = 0; i < ts.size(); ++i)  // not swept (or empty at the very end of the file)
     if (out[i].sha256.empty()) out[i].sha256 = sha256_of(ts[i]);
-  return {fs.hex(), fx.hex()};
+  return fh.result();
 }
 
 // Runs job(i) for i in `order` on `threads` workers (the calling thread is one); the first
@@ -363,16 +355,12 @@ inline FileEntry hash_file(const std::filesystem::path& root, const std::filesys
     return e;
   }
   // One pass over the file's pages for the file's digests and its tensors' (the file was just
-  // written: its pages are in the page cache)
+  // written: its pages are in the page cache). A file the reader did not map whole (or that has no
+  // tensors) is mapped here; its tensors outside that mapping are hashed on their own.
   detail::with_file_tensors(path, [&](const MappedFile* m, const std::vector<detail::TensorSource>& ts) {
-    FileDigests d;
-    if (m && m->size() == e.size) {
-      d = detail::hash_mapped(*m, ts, e.tensors);
-    } else {
-      d = file_digests_mapped(path, Digests::both);
-      e.tensors.clear();
-      for (const auto& t : ts) e.tensors.push_back({t.name, detail::sha256_of(t), t.bytes});
-    }
+    std::optional<MappedFile> own;
+    if (!m || m->size() != e.size) m = &own.emplace(path);
+    FileDigests d = detail::hash_mapped(*m, ts, e.tensors);
     e.sha256 = std::move(d.sha256);
     e.xxh3 = std::move(d.xxh3);
   });
